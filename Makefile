@@ -1,0 +1,50 @@
+# icapwatch — `make help` lists the targets.
+
+GO       ?= go
+BIN      := bin/icapwatch
+PKG      := github.com/icapwatch/icapwatch
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS  := -s -w -X $(PKG)/internal/version.Version=$(VERSION) -X $(PKG)/internal/version.Revision=$(REVISION)
+FUZZTIME ?= 30s
+
+export PATH := $(PATH):/usr/local/go/bin
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## Install build and test dependencies (Debian packages, Go modules).
+	scripts/deps.sh
+
+.PHONY: build
+build: ## Build bin/icapwatch (static, version stamped).
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/icapwatch
+
+.PHONY: test
+test: ## Run every test with the race detector (privileged tests need root).
+	$(GO) test -race -count=1 ./...
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
+	@for f in $$($(GO) test ./icap -list '^Fuzz' | grep '^Fuzz'); do \
+		echo "fuzz $$f"; $(GO) test ./icap -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
+
+.PHONY: lint
+lint: ## gofmt, go vet, staticcheck and a tidy go.mod.
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+	$(GO) mod tidy -diff
+
+.PHONY: demo
+demo: build ## The main job: the lab server, probes against it, and the hang it reproduces.
+	scripts/lab-demo.sh $(BIN)
+
+.PHONY: clean
+clean: ## Remove build output.
+	rm -rf bin dist

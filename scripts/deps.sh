@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what icapwatch needs to build and test, from Debian's packages and
+# the Go module proxy. Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+# gcc: the race detector needs cgo. iproute2: network namespaces in tests.
+packages=(gcc libc6-dev iproute2 ca-certificates git make)
+go_min=1.26
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "deps: missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+		exit 1
+	fi
+	echo "deps: installing ${missing[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's golang package is older than the module needs; use the toolchain
+# on PATH (or /usr/local/go) and say so clearly when it is too old.
+export PATH="$PATH:/usr/local/go/bin"
+if ! command -v go >/dev/null; then
+	echo "deps: Go $go_min or newer is needed (https://go.dev/dl/); none found on PATH or in /usr/local/go" >&2
+	exit 1
+fi
+have=$(go env GOVERSION | sed 's/^go//')
+if [ "$(printf '%s\n%s\n' "$go_min" "$have" | sort -V | head -1)" != "$go_min" ]; then
+	echo "deps: Go $go_min or newer is needed, found $have" >&2
+	exit 1
+fi
+go mod download
+echo "deps: ok (go $have)"
