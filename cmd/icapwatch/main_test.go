@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/icapwatch/icapwatch/icap"
+)
+
+// syncBuffer lets a test read output that a running command still writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr syncBuffer
+	code := run(context.Background(), args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func TestUsageErrorsExit2NamingTheFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{args: []string{"lab", "--workers=abc"}, want: "--workers"},
+		{args: []string{"lab", "--workers=0"}, want: "--workers"},
+		{args: []string{"lab", "--idle-timeout=5"}, want: "--idle-timeout"},
+		{args: []string{"lab", "--fault=explode"}, want: "--fault"},
+		{args: []string{"lab", "--cert=x.pem"}, want: "--key"},
+		{args: []string{"lab"}, env: map[string]string{"ICAPWATCH_LAB_WORKERS": "many"}, want: "ICAPWATCH_LAB_WORKERS"},
+		{args: []string{"probe"}, want: "url"},
+		{args: []string{"probe", "http://x/y"}, want: "icaps://"},
+		{args: []string{"probe", "--count=0", "icaps://x/y"}, want: "--count"},
+		{args: []string{"probe", "--insecure", "--ca=x", "icaps://x/y"}, want: "--insecure"},
+		{args: []string{"probe", "--ca=/nonexistent", "icaps://x/y"}, want: "--ca"},
+		{args: []string{"--log.level=loud", "version"}, want: "--log.level"},
+		{args: []string{"nosuchcommand"}, want: "nosuchcommand"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			code, _, stderr := runCLI(t, tc.args...)
+			if code != exitUsage {
+				t.Errorf("exit %d, want %d", code, exitUsage)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr should name %s:\n%s", tc.want, stderr)
+			}
+		})
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	code, out, _ := runCLI(t, "--help")
+	if code != 0 || !strings.Contains(out, "probe") || !strings.Contains(out, "lab") {
+		t.Errorf("--help: exit %d\n%s", code, out)
+	}
+	code, out, _ = runCLI(t, "version", "--json")
+	var info map[string]string
+	if code != 0 || json.Unmarshal([]byte(out), &info) != nil || info["goversion"] == "" {
+		t.Errorf("version --json: exit %d\n%s", code, out)
+	}
+}
+
+func startLab(t *testing.T) (*icap.Lab, string) {
+	t.Helper()
+	cert, certPEM, err := icap.SelfSignedCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := icap.LabDefaults()
+	cfg.Listen, cfg.PlainListen, cfg.Certificate = "127.0.0.1:0", "127.0.0.1:0", &cert
+	lab, err := icap.StartLab(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Shutdown(context.Background()) })
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return lab, ca
+}
+
+func TestProbe(t *testing.T) {
+	lab, ca := startLab(t)
+	url := "icaps://" + lab.TLSAddr().String() + "/SYMCScanResp-AV"
+
+	code, out, stderr := runCLI(t, "probe", "--ca", ca, "--count=2", "--interval=20ms", url)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	for _, want := range []string{"fresh connection", "reused connection", "TLS 1.3", "first byte", "ICAP/1.0 200 OK",
+		"Max-Connections: 16", "Options-TTL: 3600", "2 probes, 2 ok, 0 failed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	code, out, _ = runCLI(t, "probe", "--insecure", "--json", "--count=2", "--interval=0s",
+		"icap://"+lab.PlainAddr().String()+"/SYMCScanResp-AV")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 2 {
+		t.Fatalf("json: exit %d\n%s", code, out)
+	}
+	var first, second probeResult
+	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &second); err != nil {
+		t.Fatal(err)
+	}
+	if first.Conn != "fresh" || second.Conn != "reused" || second.IdleAge == nil || first.Status != 200 ||
+		first.Phases["first_byte"] <= 0 || first.TLSVersion != "" {
+		t.Errorf("json probes: %+v / %+v", first, second)
+	}
+}
+
+func TestProbeFailuresNameThePhase(t *testing.T) {
+	lab, _ := startLab(t)
+	addr := lab.TLSAddr().String()
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unverified certificate", []string{"icaps://" + addr + "/SYMCScanResp-AV"}, "TLS verification failed"},
+		{"unknown service", []string{"--insecure", "icaps://" + addr + "/nope"}, "server answered 404"},
+		{"unreachable", []string{"--timeout=2s", "icap://127.0.0.1:1/x"}, "unreachable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, _ := runCLI(t, append([]string{"probe"}, tc.args...)...)
+			if code != exitFail || !strings.Contains(out, tc.want) {
+				t.Errorf("exit %d, want 1 with %q:\n%s", code, tc.want, out)
+			}
+		})
+	}
+}
+
+func TestProbeTimeoutNamesThePhase(t *testing.T) {
+	cfg := icap.LabDefaults()
+	cfg.Listen, cfg.PlainListen, cfg.Fault = "", "127.0.0.1:0", icap.FaultDrop
+	lab, err := icap.StartLab(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Shutdown(context.Background())
+	code, out, _ := runCLI(t, "probe", "--timeout=200ms", "icap://"+lab.PlainAddr().String()+"/SYMCScanResp-AV")
+	if code != exitFail || !strings.Contains(out, "timeout in phase first_byte") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+}
+
+// TestLabCommand runs `icapwatch lab` as a user would, probes it with the
+// certificate it wrote, and stops it as SIGTERM would.
+func TestLabCommand(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "lab.pem")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	done := make(chan int)
+	go func() {
+		done <- run(ctx, []string{"lab", "--listen=127.0.0.1:0", "--plain-listen=", "--workers=2",
+			"--idle-timeout=1m", "--cert-out=" + ca}, &stdout, &stderr)
+	}()
+	re := regexp.MustCompile(`icaps://\S+`)
+	var url string
+	for deadline := time.Now().Add(5 * time.Second); url == "" && time.Now().Before(deadline); {
+		url = re.FindString(stdout.String())
+		time.Sleep(10 * time.Millisecond)
+	}
+	if url == "" {
+		t.Fatalf("lab did not say where it listens:\n%s\n%s", stdout.String(), stderr.String())
+	}
+	code, out, _ := runCLI(t, "probe", "--ca", ca, url)
+	if code != 0 || !strings.Contains(out, "Max-Connections: 2") {
+		t.Errorf("probe of the lab: exit %d\n%s", code, out)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("lab exit %d\n%s", code, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("lab did not stop after cancellation")
+	}
+	if !strings.Contains(stderr.String(), "stopped") {
+		t.Errorf("lab should log its stop:\n%s", stderr.String())
+	}
+}
