@@ -245,7 +245,8 @@ func (c *Client) Do(ctx context.Context, req *Request) (*Response, *Trace, error
 	start := time.Now()
 	tr := &Trace{}
 	resp, answered, err := c.attempt(ctx, req, tr, false)
-	if err != nil && tr.Reused && !answered && req.Method == "OPTIONS" && ctx.Err() == nil {
+	// A deadline or cancellation is the caller's, not a race: no retry.
+	if err != nil && tr.Reused && !answered && req.Method == "OPTIONS" && contextEnded(ctx, err) == nil {
 		c.pool.noteRetry()
 		if h := c.cfg.Observer.Retried; h != nil {
 			h(tr.Conn, err)
@@ -271,6 +272,11 @@ func (c *Client) Options(ctx context.Context) (*Response, Options, *Trace, error
 // attempt runs one request on one connection. answered reports whether any
 // byte of an answer arrived, which makes a retry unsafe.
 func (c *Client) attempt(ctx context.Context, req *Request, tr *Trace, fresh bool) (resp *Response, answered bool, err error) {
+	// A caller that has already given up must not cost a healthy idle
+	// connection, nor send content to be scanned for nobody.
+	if err := ctx.Err(); err != nil {
+		return nil, false, &PhaseError{"pool", err}
+	}
 	cn, err := c.pool.acquire(ctx, fresh, c.cfg.WaitTimeout, tr)
 	if err != nil {
 		var pe *PhaseError

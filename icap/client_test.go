@@ -695,3 +695,78 @@ func ExampleClient_Options() {
 	fmt.Println(opts.Methods, opts.MaxConnections, err)
 	// Output: [RESPMOD REQMOD] 2 <nil>
 }
+
+// A deadline that ends on a reused connection is the caller's, not a race
+// with a server close: no retry, and the error says so.
+func TestNoRetryWhenDeadlineEnds(t *testing.T) {
+	lab := startLab(t, func(c *icap.LabConfig) { c.Fault, c.FaultEvery = icap.FaultDrop, 2 })
+	c := newClient(t, icap.Config{Target: plainURL(lab)})
+	if _, _, _, err := c.Options(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		_, tr, err := c.Do(ctx, icap.NewRequest("OPTIONS", c.Target().RequestURI()))
+		cancel()
+		var pe *icap.PhaseError
+		if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pe) || pe.Phase != "first_byte" || tr.Retried {
+			t.Fatalf("want first_byte: context deadline exceeded without retry, got %v (retried %v)", err, tr.Retried)
+		}
+		// The next request is answered on a fresh connection, so the
+		// one after it meets the drop again on reuse.
+		if _, _, _, err := c.Options(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := c.Stats(); st.Retries != 0 {
+		t.Errorf("retries %d, want 0", st.Retries)
+	}
+}
+
+func TestCanceledContextKeepsIdleConnection(t *testing.T) {
+	lab := startLab(t, nil)
+	c := newClient(t, icap.Config{Target: plainURL(lab)})
+	if _, _, _, err := c.Options(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := c.Do(ctx, respmod(plainURL(lab), "clean", -1)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("want context.Canceled, got %v", err)
+	}
+	if st := c.Stats(); st.Open != 1 || st.Idle != 1 {
+		t.Errorf("the idle connection should stay in the pool: %+v", st)
+	}
+	if served := lab.Stats().Served; served != 1 {
+		t.Errorf("a canceled request must not reach the server: served %d", served)
+	}
+}
+
+// Shutdown must not wait for a dropped request or a client that never sends
+// its ClientHello: both only wait on the peer.
+func TestLabShutdownCutsPeerWaits(t *testing.T) {
+	cfg := icap.LabDefaults()
+	cfg.Listen, cfg.PlainListen, cfg.Fault = "127.0.0.1:0", "127.0.0.1:0", icap.FaultDrop
+	lab, err := icap.StartLab(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent, err := net.Dial("tcp", lab.TLSAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	c := newClient(t, icap.Config{Target: plainURL(lab)})
+	go c.Do(context.Background(), respmod(plainURL(lab), "clean", -1))
+	waitFor(t, func() bool { return lab.Stats().Faults == 1 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := lab.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("shutdown took %v with a dropped request and a silent handshake", took)
+	}
+}

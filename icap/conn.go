@@ -110,6 +110,7 @@ type conn struct {
 	idle      bool
 	idleSince time.Time
 	retire    *time.Timer
+	idleGen   uint64 // counts idle periods, so a stale retire timer is ignored
 	// idleRecords is the sniffer's record count when the connection went
 	// idle; only records after it can be a close alert.
 	idleRecords uint64
@@ -196,13 +197,16 @@ func (c *conn) classify(err error) CloseInfo {
 // closeAlert names the alert that preceded an EOF on a TLS connection.
 // crypto/tls returns io.EOF only after a close_notify or at a clean record
 // boundary, so a new alert record (TLS 1.2) or a new 19-byte record
-// (TLS 1.3) since the connection went idle is the close_notify.
+// (TLS 1.3, where alerts are encrypted as application data) since the
+// connection went idle is the close_notify.
 func (c *conn) closeAlert() string {
 	s := c.sniff
 	if s == nil || s.records == c.idleRecords {
 		return ""
 	}
-	if s.lastType == recordAlert || (s.lastType == recordApplicationData && s.lastLen == tls13CloseNotifyLen) {
+	switch {
+	case c.info.TLSVersion >= tls.VersionTLS13 && s.lastType == recordApplicationData && s.lastLen == tls13CloseNotifyLen,
+		c.info.TLSVersion < tls.VersionTLS13 && s.lastType == recordAlert:
 		return "close_notify"
 	}
 	return ""
@@ -216,12 +220,9 @@ func alertName(s string) string {
 }
 
 // close closes the connection once; a TLS connection sends close_notify
-// first, as a well-behaved client does.
+// first (crypto/tls bounds that write by its own 5 s deadline).
 func (c *conn) close() {
-	c.closeOnce.Do(func() {
-		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-		c.nc.Close()
-	})
+	c.closeOnce.Do(func() { c.nc.Close() })
 }
 
 // addrPort converts a net.Addr from a TCP connection.

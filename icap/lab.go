@@ -130,8 +130,11 @@ type Lab struct {
 }
 
 type labConn struct {
-	nc    net.Conn
-	state atomic.Value // "waiting", "idle", "busy"
+	nc net.Conn
+	// state is "waiting" (for a worker), "handshake", "idle", "busy"
+	// (reading or answering a request), "drop" (a dropped request) or
+	// "closing" (claimed by Shutdown).
+	state atomic.Value
 }
 
 // StartLab listens on the configured addresses and starts serving. It
@@ -243,7 +246,14 @@ func (s *Lab) Shutdown(ctx context.Context) error {
 		close(s.quit)
 	}
 	for c := range s.conns {
-		if c.state.Load() != "busy" {
+		switch c.state.Load() {
+		case "idle":
+			// The swap loses to serveConn's idle→busy once a request
+			// has begun to arrive: that request is finished, not cut.
+			if c.state.CompareAndSwap("idle", "closing") {
+				c.nc.SetReadDeadline(time.Unix(1, 0))
+			}
+		case "handshake", "drop":
 			c.nc.SetReadDeadline(time.Unix(1, 0))
 		}
 	}
@@ -320,13 +330,16 @@ func (s *Lab) serveConn(lc *labConn, useTLS bool) {
 		}
 	}
 	defer func() { <-s.workers }()
-	lc.state.Store("busy")
 	log.Info("worker took connection", "waited", time.Since(accepted).Round(time.Millisecond))
 
 	nc := lc.nc
 	if useTLS {
 		tc := tls.Server(lc.nc, s.tls)
-		tc.SetDeadline(time.Now().Add(s.cfg.RequestTimeout))
+		tc.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
+		if !s.awaitPeer(lc, "handshake", time.Now().Add(s.cfg.RequestTimeout)) {
+			lc.nc.Close()
+			return
+		}
 		if err := tc.Handshake(); err != nil {
 			log.Warn("tls handshake failed", "error", err)
 			lc.nc.Close()
@@ -339,12 +352,8 @@ func (s *Lab) serveConn(lc *labConn, useTLS bool) {
 	br := bufio.NewReader(nc)
 	bw := bufio.NewWriter(nc)
 	for {
-		lc.state.Store("idle")
 		idleSince := time.Now()
-		nc.SetReadDeadline(idleSince.Add(s.cfg.IdleTimeout))
-		// Checked after the deadline is set: Shutdown closes quit before it
-		// cuts the deadlines of idle connections, so it cannot be undone.
-		if isClosed(s.quit) {
+		if !s.awaitPeer(lc, "idle", idleSince.Add(s.cfg.IdleTimeout)) {
 			log.Info("closing connection for shutdown")
 			nc.Close()
 			return
@@ -362,16 +371,29 @@ func (s *Lab) serveConn(lc *labConn, useTLS bool) {
 				log.Info("connection ended", "error", err)
 			}
 			// tls.Conn.Close sends close_notify, then the TCP FIN.
-			nc.SetWriteDeadline(time.Now().Add(time.Second))
 			nc.Close()
 			return
 		}
-		lc.state.Store("busy")
+		if !lc.state.CompareAndSwap("idle", "busy") {
+			log.Info("closing connection for shutdown")
+			nc.Close()
+			return
+		}
 		nc.SetReadDeadline(time.Now().Add(s.cfg.RequestTimeout))
 		if !s.serveRequest(log, lc, nc, br, bw) {
 			return
 		}
 	}
+}
+
+// awaitPeer marks the connection as waiting for its peer in state st,
+// which Shutdown may cut, with the given read deadline. It reports false
+// when shutdown has begun. The check comes after the deadline is set:
+// Shutdown closes quit before it cuts deadlines, so it cannot be undone.
+func (s *Lab) awaitPeer(lc *labConn, st string, deadline time.Time) bool {
+	lc.state.Store(st)
+	lc.nc.SetReadDeadline(deadline)
+	return !isClosed(s.quit)
 }
 
 func isClosed(ch chan struct{}) bool {
@@ -414,7 +436,7 @@ func (s *Lab) serveRequest(log hclog.Logger, lc *labConn, nc net.Conn, br *bufio
 
 	if s.cfg.Fault != "" && n%uint64(s.cfg.FaultEvery) == 0 {
 		s.count(func(st *LabStats) { st.Faults++ })
-		return s.injectFault(log, nc, br)
+		return s.injectFault(log, lc, nc, br)
 	}
 	if s.cfg.StallEvery > 0 && n%uint64(s.cfg.StallEvery) == 0 {
 		s.count(func(st *LabStats) { st.Stalled++ })
@@ -444,7 +466,7 @@ func (s *Lab) writeAndFlush(nc net.Conn, bw *bufio.Writer, resp *Response) error
 	return bw.Flush()
 }
 
-func (s *Lab) injectFault(log hclog.Logger, nc net.Conn, br *bufio.Reader) bool {
+func (s *Lab) injectFault(log hclog.Logger, lc *labConn, nc net.Conn, br *bufio.Reader) bool {
 	log.Info("injecting fault", "fault", s.cfg.Fault)
 	switch s.cfg.Fault {
 	case FaultReset:
@@ -457,12 +479,12 @@ func (s *Lab) injectFault(log hclog.Logger, nc net.Conn, br *bufio.Reader) bool 
 	case FaultDrop:
 		// Never answer; hold the connection (and its worker) until the
 		// client gives up, the idle timeout passes or the server stops.
-		nc.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
-		io.Copy(io.Discard, br)
+		if s.awaitPeer(lc, "drop", time.Now().Add(s.cfg.IdleTimeout)) {
+			io.Copy(io.Discard, br)
+		}
 	case FaultAlert:
 		if tc, ok := nc.(*tls.Conn); ok {
 			// CloseWrite sends close_notify; Close then sends FIN.
-			tc.SetWriteDeadline(time.Now().Add(time.Second))
 			tc.CloseWrite()
 		}
 	}

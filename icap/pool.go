@@ -156,7 +156,9 @@ func (p *pool) release(c *conn, reusable bool, ci CloseInfo) {
 	if c.sniff != nil {
 		c.idleRecords = c.sniff.records
 	}
-	c.retire = time.AfterFunc(p.maxIdle, func() { p.retireIdle(c) })
+	c.idleGen++
+	gen := c.idleGen
+	c.retire = time.AfterFunc(p.maxIdle, func() { p.retireIdle(c, gen) })
 	p.idle = append(p.idle, c)
 	c.startWatch(func(err error) { p.watchEnded(c, err) })
 	p.broadcast()
@@ -214,10 +216,11 @@ func (p *pool) noteServerIdleClose(ci CloseInfo) {
 }
 
 // retireIdle closes a connection idle for MaxIdle, before the server's own
-// idle timeout can race a request on it.
-func (p *pool) retireIdle(c *conn) {
+// idle timeout can race a request on it. gen tells a timer that fired while
+// the connection was taken from one set when it went idle again.
+func (p *pool) retireIdle(c *conn, gen uint64) {
 	p.mu.Lock()
-	if !p.take(c) {
+	if c.idleGen != gen || !p.take(c) {
 		p.mu.Unlock()
 		return
 	}
