@@ -106,13 +106,9 @@ func (p *pool) acquire(ctx context.Context, fresh bool, wait time.Duration, tr *
 			// A retry needs a new connection and the pool is full of idle
 			// ones: give up the oldest idle one to make room.
 			c := p.idle[0]
-			p.idle = p.idle[1:]
-			c.idle = false
-			c.retire.Stop()
-			p.open--
+			p.take(c)
 			p.mu.Unlock()
-			c.close()
-			p.closed(c, CloseInfo{Initiator: "client", How: "fin", Reason: "client_closed", Idle: true, IdleAge: time.Since(c.idleSince)})
+			p.closeIdle(c)
 			continue
 		}
 		if timeout == nil {
@@ -248,17 +244,18 @@ func (p *pool) snapshot() PoolStats {
 func (p *pool) shutdown() {
 	p.mu.Lock()
 	p.done = true
-	idle := p.idle
-	p.idle = nil
+	idle := slices.Clone(p.idle)
 	for _, c := range idle {
-		c.idle = false
-		c.retire.Stop()
-		p.open--
+		p.take(c)
 	}
-	p.broadcast()
 	p.mu.Unlock()
 	for _, c := range idle {
-		c.close()
-		p.closed(c, CloseInfo{Initiator: "client", How: "fin", Reason: "client_closed", Idle: true, IdleAge: time.Since(c.idleSince)})
+		p.closeIdle(c)
 	}
+}
+
+// closeIdle closes a connection the client took from the idle list.
+func (p *pool) closeIdle(c *conn) {
+	c.close()
+	p.closed(c, CloseInfo{Initiator: "client", How: "fin", Reason: "client_closed", Idle: true, IdleAge: time.Since(c.idleSince)})
 }
