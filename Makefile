@@ -7,6 +7,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS  := -s -w -X $(PKG)/internal/version.Version=$(VERSION) -X $(PKG)/internal/version.Revision=$(REVISION)
 FUZZTIME ?= 30s
+FUZZPKGS := ./icap ./bpf
 
 export PATH := $(PATH):/usr/local/go/bin
 
@@ -30,8 +31,10 @@ test: ## Run every test with the race detector (privileged tests need root).
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
-	@for f in $$($(GO) test ./icap -list '^Fuzz' | grep '^Fuzz'); do \
-		echo "fuzz $$f"; $(GO) test ./icap -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+	@for pkg in $(FUZZPKGS); do \
+		for f in $$($(GO) test $$pkg -list '^Fuzz' | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f"; $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+		done; \
 	done
 
 .PHONY: lint
