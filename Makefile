@@ -21,6 +21,16 @@ help: ## Show this help.
 deps: ## Install build and test dependencies (Debian packages, Go modules).
 	scripts/deps.sh
 
+.PHONY: generate
+generate: ## Rebuild the eBPF objects and Go bindings in bpf/ (Debian's clang 14).
+	$(GO) generate ./bpf
+
+.PHONY: generate-check
+generate-check: generate ## Fail when the committed eBPF objects differ from a fresh build.
+	@if [ -n "$$(git status --porcelain -- bpf)" ]; then \
+		echo "bpf/: generated files differ from the committed ones; run make generate and commit:"; \
+		git status --short -- bpf; git diff --stat -- bpf; exit 1; fi
+
 .PHONY: build
 build: ## Build bin/icapwatch (static, version stamped).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/icapwatch
@@ -28,6 +38,8 @@ build: ## Build bin/icapwatch (static, version stamped).
 .PHONY: test
 test: ## Run every test with the race detector (privileged tests need root).
 	$(GO) test -race -count=1 ./...
+	@# Timing against the kernel is checked without the race detector's slowdown.
+	$(GO) test -count=1 -run '^TestAttachVeth$$' ./bpf
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
@@ -36,6 +48,10 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 			echo "fuzz $$pkg $$f"; $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 		done; \
 	done
+
+.PHONY: bench-bpf
+bench-bpf: ## Kernel cost: the classifier's ns per packet, watched and unwatched (root).
+	$(GO) test -run '^$$' -bench '^Benchmark(KernelCost|ClassifierRun)$$' -benchtime 20000x -count 3 ./bpf
 
 .PHONY: lint
 lint: ## gofmt, go vet, staticcheck and a tidy go.mod.

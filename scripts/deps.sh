@@ -4,7 +4,9 @@
 set -euo pipefail
 
 # gcc: the race detector needs cgo. iproute2: network namespaces in tests.
-packages=(gcc libc6-dev iproute2 ca-certificates git make)
+# clang-14, llvm-14 (llvm-strip), libbpf-dev and linux-libc-dev: make generate
+# builds the eBPF objects with exactly this compiler, so they do not drift.
+packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev)
 go_min=1.26
 
 missing=()

@@ -82,6 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	versionJSON := flag(versionCmd, "version", "json", "Print JSON.").Bool()
 	lab := registerLab(app)
 	probe := registerProbe(app)
+	check := registerCheck(app)
 
 	cmd, err := app.Parse(args)
 	if err != nil {
@@ -105,6 +106,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		return finish(stderr, lab.run(ctx, logger.Named("lab"), stdout))
 	case probe.cmd.FullCommand():
 		return finish(stderr, probe.run(ctx, stdout))
+	case check.cmd.FullCommand():
+		return finish(stderr, check.run(logger.Named("check"), stdout))
 	}
 	return exitUsage
 }

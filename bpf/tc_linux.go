@@ -1,0 +1,382 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Our clsact filters carry these names, so a new run can find and remove
+// what a crashed one left (TCX links go away with the process by
+// themselves).
+const (
+	filterPrefix  = "icapwatch"
+	filterIngress = filterPrefix + "_ingress"
+	filterEgress  = filterPrefix + "_egress"
+	// tcPriority is ours: other cls_bpf users sit at 1 (tc(8)'s default
+	// for the first filter) and upwards, and we return TC_ACT_UNSPEC, so
+	// our place in the chain changes nothing for them.
+	tcPriority = 0x1ca9
+)
+
+type tcIface struct {
+	name       string
+	links      []link.Link
+	filters    []*netlink.BpfFilter
+	qdiscAdded bool
+}
+
+// tcAttacher keeps the classifier on the chosen interfaces, including
+// interfaces that come up later, and takes it off again.
+type tcAttacher struct {
+	log             hclog.Logger
+	ingress, egress *ebpf.Program
+	explicit        map[string]bool // nil: every interface that is up
+	loopbackIngress bool
+
+	mu     sync.Mutex
+	mode   string // tcx or netlink, decided by the first attach in auto mode
+	ifaces map[int]*tcIface
+	errs   map[string]string
+	closed bool
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, log hclog.Logger) (*tcAttacher, error) {
+	a := &tcAttacher{log: log, ingress: ingress, egress: egress,
+		ifaces: map[int]*tcIface{}, errs: map[string]string{}, done: make(chan struct{})}
+	if cfg.TC != ModeAuto {
+		a.mode = cfg.TC
+	}
+	a.loopbackIngress = cfg.attachLoopbackIngress
+	if len(cfg.Interfaces) > 0 {
+		a.explicit = map[string]bool{}
+		for _, name := range cfg.Interfaces {
+			a.explicit[name] = true
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	removeStaleFilters(links, log)
+
+	// Subscribe before the first attach so no interface slips between.
+	updates := make(chan netlink.LinkUpdate, 64)
+	if err := netlink.LinkSubscribeWithOptions(updates, a.done, netlink.LinkSubscribeOptions{
+		ErrorCallback: func(err error) {
+			select {
+			case <-a.done: // the subscription ends with an error when closed
+			default:
+				log.Warn("interface updates stopped: new interfaces are not followed", "error", err)
+			}
+		},
+	}); err != nil {
+		return nil, fmt.Errorf("subscribe to interface updates: %w", err)
+	}
+	a.wg.Add(1)
+	go a.follow(updates)
+
+	found := map[string]bool{}
+	attached := 0
+	var errs []error
+	for _, l := range links {
+		name := l.Attrs().Name
+		found[name] = true
+		if !a.selected(l) {
+			continue
+		}
+		if err := a.attach(l); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		attached++
+	}
+	for name := range a.explicit {
+		if !found[name] {
+			errs = append(errs, fmt.Errorf("interface %s does not exist", name))
+		}
+	}
+	if a.explicit != nil && len(errs) > 0 || attached == 0 {
+		a.close()
+		if len(errs) == 0 {
+			errs = append(errs, errors.New("no interface is up"))
+		}
+		return nil, fmt.Errorf("attach tc: %w", errors.Join(errs...))
+	}
+	for _, err := range errs {
+		log.Warn("interface left out", "error", err)
+	}
+	return a, nil
+}
+
+// selected: given by name, or up when none were given.
+func (a *tcAttacher) selected(l netlink.Link) bool {
+	attrs := l.Attrs()
+	if a.explicit != nil {
+		return a.explicit[attrs.Name] && attrs.Flags&unix.IFF_UP != 0
+	}
+	return attrs.Flags&unix.IFF_UP != 0
+}
+
+func (a *tcAttacher) follow(updates <-chan netlink.LinkUpdate) {
+	defer a.wg.Done()
+	for {
+		select {
+		case <-a.done:
+			return
+		case u, ok := <-updates:
+			if !ok {
+				return
+			}
+			idx := int(u.Index)
+			if u.Header.Type == unix.RTM_DELLINK {
+				a.forget(idx)
+				continue
+			}
+			a.mu.Lock()
+			_, have := a.ifaces[idx]
+			a.mu.Unlock()
+			if have || !a.selected(u.Link) {
+				continue
+			}
+			if err := a.attach(u.Link); err != nil {
+				a.log.Warn("attach to new interface", "interface", u.Attrs().Name, "error", err)
+			} else {
+				a.log.Info("attached to new interface", "interface", u.Attrs().Name)
+			}
+		}
+	}
+}
+
+// attach puts both programs on an interface. On loopback every packet
+// leaves through egress and comes back through ingress: egress alone sees
+// them all, once.
+func (a *tcAttacher) attach(l netlink.Link) error {
+	attrs := l.Attrs()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return errors.New("closed")
+	}
+	if _, ok := a.ifaces[attrs.Index]; ok {
+		return nil
+	}
+	loopback := attrs.Flags&unix.IFF_LOOPBACK != 0 && !a.loopbackIngress
+	iface := &tcIface{name: attrs.Name}
+	var err error
+	if a.mode == "" || a.mode == TCModeTCX {
+		err = a.attachTCX(iface, attrs.Index, loopback)
+		if a.mode == "" && errors.Is(err, ebpf.ErrNotSupported) {
+			a.log.Info("TCX is not available, using clsact filters", "reason", err)
+			a.mode = TCModeNetlink
+		} else if a.mode == "" && err == nil {
+			a.mode = TCModeTCX
+		}
+	}
+	if a.mode == TCModeNetlink {
+		err = a.attachFilters(iface, l, loopback)
+	}
+	if err != nil {
+		a.errs[attrs.Name] = err.Error()
+		detach(iface, a.log)
+		return fmt.Errorf("attach tc on %s: %w", attrs.Name, err)
+	}
+	delete(a.errs, attrs.Name)
+	a.ifaces[attrs.Index] = iface
+	return nil
+}
+
+func (a *tcAttacher) attachTCX(iface *tcIface, index int, loopback bool) error {
+	for _, h := range []struct {
+		prog *ebpf.Program
+		at   ebpf.AttachType
+		skip bool
+	}{
+		{a.ingress, ebpf.AttachTCXIngress, loopback},
+		{a.egress, ebpf.AttachTCXEgress, false},
+	} {
+		if h.skip {
+			continue
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: index, Program: h.prog,
+			Attach: h.at, Anchor: link.Head()})
+		if err != nil {
+			return err
+		}
+		iface.links = append(iface.links, l)
+	}
+	return nil
+}
+
+func (a *tcAttacher) attachFilters(iface *tcIface, l netlink.Link, loopback bool) error {
+	attrs := l.Attrs()
+	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: attrs.Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+	switch err := netlink.QdiscAdd(qdisc); {
+	case err == nil:
+		iface.qdiscAdded = true
+	case errors.Is(err, unix.EEXIST):
+	default:
+		return fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	for _, h := range []struct {
+		prog   *ebpf.Program
+		parent uint32
+		name   string
+		skip   bool
+	}{
+		{a.ingress, netlink.HANDLE_MIN_INGRESS, filterIngress, loopback},
+		{a.egress, netlink.HANDLE_MIN_EGRESS, filterEgress, false},
+	} {
+		if h.skip {
+			continue
+		}
+		f := &netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: attrs.Index, Parent: h.parent,
+				Handle: netlink.MakeHandle(0, 1), Protocol: unix.ETH_P_ALL, Priority: tcPriority},
+			Fd: h.prog.FD(), Name: h.name, DirectAction: true,
+		}
+		if err := netlink.FilterReplace(f); err != nil {
+			return fmt.Errorf("add %s filter: %w", h.name, err)
+		}
+		iface.filters = append(iface.filters, f)
+	}
+	return nil
+}
+
+// detach removes what we put on one interface; a vanished interface has
+// nothing left to remove.
+func detach(iface *tcIface, log hclog.Logger) error {
+	var errs []error
+	for _, l := range iface.links {
+		if err := l.Close(); err != nil && !gone(err) {
+			errs = append(errs, err)
+		}
+	}
+	for _, f := range iface.filters {
+		if err := netlink.FilterDel(f); err != nil && !gone(err) {
+			errs = append(errs, fmt.Errorf("remove %s filter from %s: %w", f.Name, iface.name, err))
+		}
+	}
+	if iface.qdiscAdded && len(iface.filters) > 0 {
+		removeEmptyClsact(iface.filters[0].LinkIndex, iface.name, log)
+	}
+	iface.links, iface.filters = nil, nil
+	return errors.Join(errs...)
+}
+
+func gone(err error) bool {
+	return errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENXIO)
+}
+
+// removeEmptyClsact deletes a clsact qdisc that no filter uses any more.
+func removeEmptyClsact(index int, name string, log hclog.Logger) {
+	l, err := netlink.LinkByIndex(index)
+	if err != nil {
+		return
+	}
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		if fs, err := netlink.FilterList(l, parent); err != nil || len(fs) > 0 {
+			return
+		}
+	}
+	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+	if err := netlink.QdiscDel(qdisc); err != nil && !gone(err) {
+		log.Warn("remove clsact qdisc", "interface", name, "error", err)
+	}
+}
+
+// removeStaleFilters deletes filters of ours that a run which did not stop
+// cleanly left behind, and the clsact qdiscs that held only them.
+func removeStaleFilters(links []netlink.Link, log hclog.Logger) {
+	for _, l := range links {
+		removed := 0
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			fs, err := netlink.FilterList(l, parent)
+			if err != nil {
+				continue // no clsact qdisc here
+			}
+			for _, f := range fs {
+				bf, ok := f.(*netlink.BpfFilter)
+				if !ok || !strings.HasPrefix(bf.Name, filterPrefix) {
+					continue
+				}
+				if err := netlink.FilterDel(bf); err != nil && !gone(err) {
+					log.Warn("remove stale filter", "interface", l.Attrs().Name, "filter", bf.Name, "error", err)
+					continue
+				}
+				removed++
+				log.Info("removed stale filter", "interface", l.Attrs().Name, "filter", bf.Name)
+			}
+		}
+		if removed > 0 {
+			removeEmptyClsact(l.Attrs().Index, l.Attrs().Name, log)
+		}
+	}
+}
+
+func (a *tcAttacher) forget(index int) {
+	a.mu.Lock()
+	iface, ok := a.ifaces[index]
+	delete(a.ifaces, index)
+	a.mu.Unlock()
+	if ok {
+		detach(iface, a.log)
+		a.log.Info("interface went away", "interface", iface.name)
+	}
+}
+
+func (a *tcAttacher) status() []HookStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var in, out []string
+	for _, iface := range a.ifaces {
+		out = append(out, iface.name)
+		if len(iface.links)+len(iface.filters) == 2 {
+			in = append(in, iface.name)
+		}
+	}
+	sort.Strings(in)
+	sort.Strings(out)
+	var errs []string
+	for name, e := range a.errs {
+		errs = append(errs, name+": "+e)
+	}
+	sort.Strings(errs)
+	mk := func(name string, ifaces []string) HookStatus {
+		return HookStatus{Name: name, Attached: len(ifaces) > 0, Mode: a.mode,
+			Detail: strings.Join(ifaces, ","), Error: strings.Join(errs, "; ")}
+	}
+	return []HookStatus{mk(HookTCIngress, in), mk(HookTCEgress, out)}
+}
+
+func (a *tcAttacher) close() error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil
+	}
+	a.closed = true
+	close(a.done)
+	ifaces := a.ifaces
+	a.ifaces = map[int]*tcIface{}
+	a.mu.Unlock()
+	a.wg.Wait()
+	var errs []error
+	for _, iface := range ifaces {
+		errs = append(errs, detach(iface, a.log))
+	}
+	return errors.Join(errs...)
+}
