@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/icapwatch/icapwatch/icap"
+	"github.com/icapwatch/icapwatch/internal/testutil"
 )
 
 // syncBuffer lets a test read output that a running command still writes.
@@ -212,5 +213,33 @@ func TestLabCommand(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "stopped") {
 		t.Errorf("lab should log its stop:\n%s", stderr.String())
+	}
+}
+
+func TestCheckCommand(t *testing.T) {
+	testutil.RequireRoot(t)
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"check", "--json"}, &out, &errb)
+	var r struct {
+		CanRun bool `json:"can_run"`
+		Hooks  []struct {
+			Name     string `json:"name"`
+			Attached bool   `json:"attached"`
+		} `json:"hooks"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("check --json: %v\n%s\n%s", err, out.String(), errb.String())
+	}
+	if code != 0 || !r.CanRun {
+		t.Fatalf("check: exit %d, can_run %v\n%s\n%s", code, r.CanRun, out.String(), errb.String())
+	}
+	attached := map[string]bool{}
+	for _, h := range r.Hooks {
+		attached[h.Name] = h.Attached
+	}
+	for _, h := range []string{"tc_ingress", "tc_egress", "tracepoint/sock/inet_sock_set_state", "tracepoint/tcp/tcp_retransmit_skb"} {
+		if !attached[h] {
+			t.Errorf("hook %s not attached: %s", h, out.String())
+		}
 	}
 }
