@@ -47,7 +47,9 @@ func TestHelperProcess(t *testing.T) {
 // until its stdin closes.
 func helperProbe() int {
 	cfg := DefaultConfig()
-	cfg.Interfaces = []string{os.Getenv(envIface)}
+	if iface := os.Getenv(envIface); iface != "" {
+		cfg.Interfaces = []string{iface}
+	}
 	cfg.TC = os.Getenv(envTCMode)
 	p, err := Open(cfg)
 	if err != nil {
@@ -411,5 +413,46 @@ func kill(t *testing.T, h *helper) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) {
 		t.Fatalf("probe exit: %v", err)
+	}
+}
+
+// TestFollowsNewInterfaces: with no interfaces named, the probe takes
+// every interface that is up, those that come up later too, and shrugs
+// off one that disappears.
+func TestFollowsNewInterfaces(t *testing.T) {
+	pair := testutil.NewVethPair(t)
+	h := startHelper(t, pair.ClientNS, "", ModeAuto)
+	if !strings.Contains(h.hooks[1].Detail, pair.ClientIf) {
+		t.Fatalf("egress not on %s at start: %+v", pair.ClientIf, h.hooks)
+	}
+	const dummy = "icwnew0"
+	for _, args := range [][]string{
+		{"-n", pair.ClientNS, "link", "add", dummy, "type", "veth", "peer", "name", "icwnew1"},
+		{"-n", pair.ClientNS, "link", "set", dummy, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := queryTC(t, pair.ClientNS, dummy)
+		if st.TCX == 2 || len(st.Filters) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("new interface %s not attached after 10s: %+v", dummy, st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, err := exec.Command("ip", "-n", pair.ClientNS, "link", "del", dummy).CombinedOutput(); err != nil {
+		t.Fatalf("ip link del: %v: %s", err, out)
+	}
+	time.Sleep(200 * time.Millisecond)
+	h.stop(t) // fails on a close error
+	for _, iface := range []string{pair.ClientIf, "lo"} {
+		if st := queryTC(t, pair.ClientNS, iface); !st.clean() {
+			t.Errorf("after Close: %+v left on %s", st, iface)
+		}
 	}
 }
