@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/icapwatch/icapwatch/agent/observe"
 )
 
 // EventType says what an Event reports. The values are those of enum
@@ -120,24 +122,15 @@ func (h Hook) String() string {
 	return fmt.Sprintf("hook_%d", uint8(h))
 }
 
-// Phase of an exchange, from the TLS record type at its start.
-type Phase uint8
+// Phase of an exchange, from the TLS record type at its start: the
+// correlator's own type.
+type Phase = observe.Phase
 
 const (
-	PhaseNone      Phase = 0
-	PhaseHandshake Phase = 1
-	PhaseRequest   Phase = 2
+	PhaseNone      = observe.PhaseNone
+	PhaseHandshake = observe.PhaseHandshake
+	PhaseRequest   = observe.PhaseRequest
 )
-
-func (p Phase) String() string {
-	switch p {
-	case PhaseHandshake:
-		return "handshake"
-	case PhaseRequest:
-		return "request"
-	}
-	return ""
-}
 
 // Event is one kernel event, decoded. Times are on the kernel's monotonic
 // clock (bpf_ktime_get_ns); Time is the wall-clock equivalent, set by the

@@ -1,0 +1,649 @@
+// Package agent turns observations from any source into icapwatch's
+// diagnosis: exchanges and their gaps, stalls with where they are stuck
+// and how they end, idle-close races, releases, TLS alerts and closes.
+// The correlator is pure Go: it keeps no clock of its own (observations
+// carry their time, Sweep is given "now"), so recorded and synthetic
+// streams replay exactly.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/icapwatch/icapwatch/agent/observe"
+	"github.com/icapwatch/icapwatch/exporter"
+)
+
+// Stall states, race kinds, outcomes: the contract's label values.
+const (
+	StateUnacked     = "unacked"
+	StateAckedSilent = "acked_silent"
+	StateUnread      = "unread"
+
+	RaceReuseAfterClose  = "reuse_after_server_close"
+	RaceCrossedClose     = "crossed_close"
+	RaceCloseDuringReqst = "server_close_during_request"
+
+	OutcomeAnswered     = "answered"
+	OutcomeServerClosed = "server_closed"
+	OutcomeReset        = "reset"
+	OutcomeClientClosed = "client_closed"
+	OutcomeEvicted      = "evicted"
+
+	// ReleaseCause labels icapwatch_stall_releases_total.
+	ReleaseCause = "sibling_close"
+
+	ClientUnknown = "unknown"
+	ClientCanary  = "icapwatch"
+	ServerOther   = "other"
+)
+
+// Config holds the correlator's thresholds and bounds.
+type Config struct {
+	StallThreshold    time.Duration // an exchange open this long is a stall
+	RaceWindow        time.Duration // a close this soon after a request crossed it
+	ReleaseWindow     time.Duration // an answer this soon after a sibling's close was released by it
+	ServerIdleTimeout time.Duration // until the canary observes the server's own
+	// TicketWait is how long an answer that may be a TLS 1.3 session
+	// ticket waits for a later answer before it counts.
+	TicketWait time.Duration
+	MaxFlows   int
+	MaxServers int
+}
+
+// DefaultConfig returns DESIGN.md's defaults.
+func DefaultConfig() Config {
+	return Config{
+		StallThreshold:    10 * time.Second,
+		RaceWindow:        time.Second,
+		ReleaseWindow:     2 * time.Second,
+		ServerIdleTimeout: 5 * time.Minute,
+		TicketWait:        time.Second,
+		MaxFlows:          100000,
+		MaxServers:        64,
+	}
+}
+
+// Validate names the flag whose value is wrong.
+func (c Config) Validate() error {
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"stall-threshold", c.StallThreshold}, {"race-window", c.RaceWindow},
+		{"release-window", c.ReleaseWindow}, {"server-idle-timeout", c.ServerIdleTimeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("--%s: must be positive, got %v", d.flag, d.v)
+		}
+	}
+	if c.TicketWait <= 0 {
+		return errors.New("ticket wait must be positive")
+	}
+	if c.MaxFlows < 1 {
+		return fmt.Errorf("--max-flows: must be at least 1, got %d", c.MaxFlows)
+	}
+	if c.MaxServers < 1 {
+		return fmt.Errorf("--max-servers: must be at least 1, got %d", c.MaxServers)
+	}
+	return nil
+}
+
+// closeRecord is a close the server initiated, for release matching.
+type closeRecord struct {
+	at     time.Time
+	client netip.AddrPort
+}
+
+type server struct {
+	label       string
+	closes      [8]closeRecord // the latest server-initiated closes, a ring
+	next        int
+	open        int  // connections this host holds: flows not closed
+	lateTickets bool // sends TLS 1.3 tickets after the client's Finished
+	maxConns    int
+	idleTimeout time.Duration
+	aboveLimit  bool
+}
+
+type exchange struct {
+	start     time.Time
+	phase     observe.Phase
+	ackedAt   time.Time
+	idleAge   time.Duration
+	reused    bool
+	tentative time.Time // a MaybeTicket answer waiting to be confirmed
+	stalled   bool
+	state     string
+}
+
+type flow struct {
+	key           observe.Flow
+	srv           *server
+	client        string // label
+	pid           uint32
+	lastSeen      time.Time
+	lastData      time.Time
+	serverCloseAt time.Time // first server alert or FIN
+	serverFIN     bool
+	closed        bool // a FIN or RST was seen: the close is counted
+	ex            *exchange
+	lastGap       time.Duration
+	answeredAt    time.Time
+	unreadSince   time.Time
+	unread        *exchange // an unread stall, while it lasts
+	// The connections gauge: which end's TCP state is shown and the
+	// labels it was counted under.
+	stateDir   observe.Direction
+	haveState  bool
+	gaugeState string
+	// endedAt: the shown end reached CLOSE. The flow stays a little so
+	// that the other end's last packets do not make it anew.
+	endedAt time.Time
+}
+
+// Flows leave the table this long after they end or close.
+const (
+	endedLinger = 5 * time.Second
+	closedIdle  = time.Minute
+)
+
+// Correlator is not safe for concurrent use: one goroutine feeds it.
+type Correlator struct {
+	cfg     Config
+	m       *exporter.Metrics
+	emit    func(Event)
+	flows   map[observe.Flow]*flow
+	servers map[netip.AddrPort]*server
+	other   *server
+	canary  map[netip.AddrPort]bool // local addresses of the canary's connections
+}
+
+// New returns a correlator that updates m and hands each event to emit.
+func New(cfg Config, m *exporter.Metrics, emit func(Event)) (*Correlator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if emit == nil {
+		emit = func(Event) {}
+	}
+	return &Correlator{cfg: cfg, m: m, emit: emit, flows: map[observe.Flow]*flow{},
+		servers: map[netip.AddrPort]*server{}, other: &server{label: ServerOther},
+		canary: map[netip.AddrPort]bool{}}, nil
+}
+
+func (c *Correlator) server(addr netip.AddrPort) *server {
+	if s, ok := c.servers[addr]; ok {
+		return s
+	}
+	if len(c.servers) >= c.cfg.MaxServers {
+		return c.other
+	}
+	s := &server{label: addr.String()}
+	c.servers[addr] = s
+	return s
+}
+
+// lookup finds or makes the flow, evicting the quietest at the limit.
+func (c *Correlator) lookup(key observe.Flow, now time.Time) *flow {
+	if f, ok := c.flows[key]; ok {
+		return f
+	}
+	if len(c.flows) >= c.cfg.MaxFlows {
+		var oldest *flow
+		for _, f := range c.flows {
+			if oldest == nil || f.lastSeen.Before(oldest.lastSeen) {
+				oldest = f
+			}
+		}
+		if oldest.ex != nil {
+			c.finish(oldest, now, OutcomeEvicted)
+		}
+		c.drop(oldest)
+		c.m.FlowEvictions.Inc()
+	}
+	f := &flow{key: key, srv: c.server(key.Server), client: ClientUnknown, lastSeen: now}
+	if c.canary[key.Client] {
+		f.client = ClientCanary
+	}
+	f.srv.open++
+	c.flows[key] = f
+	return f
+}
+
+func (c *Correlator) drop(f *flow) {
+	if f.haveState {
+		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
+	}
+	if f.unread != nil {
+		c.endStall(f, f.unread, f.lastSeen, OutcomeEvicted)
+	}
+	if !f.closed {
+		f.srv.open--
+	}
+	delete(c.flows, f.key)
+	delete(c.canary, f.key.Client)
+}
+
+// Observe takes one observation.
+func (c *Correlator) Observe(o observe.Observation) {
+	c.m.Events.WithLabelValues(o.Source.String()).Inc()
+	switch o.Kind {
+	case observe.CanaryConn:
+		c.canary[o.Flow.Client] = true
+		if f, ok := c.flows[o.Flow]; ok {
+			c.relabel(f, ClientCanary)
+		}
+		return
+	case observe.ServerOptions:
+		s := c.server(o.Flow.Server)
+		s.maxConns = o.MaxConnections
+		c.m.ServerMaxConns.WithLabelValues(s.label).Set(float64(o.MaxConnections))
+		c.checkPool(s, o)
+		return
+	case observe.ServerIdle:
+		s := c.server(o.Flow.Server)
+		s.idleTimeout = o.IdleTimeout
+		c.m.ServerIdleTimeout.WithLabelValues(s.label).Set(o.IdleTimeout.Seconds())
+		return
+	case observe.CanaryAnswer:
+		if f, ok := c.flows[o.Flow]; ok && f.lastGap > 0 {
+			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((o.Gap - f.lastGap).Seconds())
+		}
+		return
+	}
+
+	f := c.lookup(o.Flow, o.Time)
+	f.lastSeen = o.Time
+	switch o.Kind {
+	case observe.ExchangeStart:
+		c.start(f, o)
+	case observe.Acked:
+		if f.ex != nil && f.ex.ackedAt.IsZero() {
+			f.ex.ackedAt = o.Time
+		}
+	case observe.Answer:
+		c.answer(f, o)
+	case observe.TLSAlert:
+		c.alert(f, o)
+	case observe.FIN, observe.RST:
+		c.close(f, o)
+	case observe.Retransmit:
+		c.m.Retransmits.WithLabelValues(f.srv.label).Inc()
+	case observe.State:
+		c.state(f, o)
+	case observe.AppRead:
+		c.read(f, o.Time)
+	case observe.RecvQueue:
+		if o.Len == 0 {
+			c.read(f, o.Time)
+		} else if f.ex == nil && !f.answeredAt.IsZero() && f.unreadSince.IsZero() {
+			f.unreadSince = f.answeredAt
+		}
+	}
+}
+
+func (c *Correlator) start(f *flow, o observe.Observation) {
+	if f.ex != nil {
+		// The client speaks again: an answer held as a possible ticket was
+		// the answer after all.
+		if !f.ex.tentative.IsZero() {
+			c.finish(f, f.ex.tentative, OutcomeAnswered)
+		} else {
+			f.ex = nil
+		}
+	}
+	c.read(f, o.Time)
+	ex := &exchange{start: o.Time, phase: o.Phase}
+	prev := o.Ref
+	if prev.IsZero() {
+		prev = f.lastData
+	}
+	if !prev.IsZero() {
+		ex.idleAge, ex.reused = o.Time.Sub(prev), true
+		c.m.ReuseIdleAge.WithLabelValues(f.srv.label, f.client).Observe(ex.idleAge.Seconds())
+	}
+	f.lastData = o.Time
+	f.ex = ex
+	if f.serverFIN {
+		c.race(f, ex, RaceReuseAfterClose, o.Time, f.serverCloseAt.Sub(o.Time))
+	}
+}
+
+func (c *Correlator) answer(f *flow, o observe.Observation) {
+	f.lastData = o.Time
+	ex := f.ex
+	if ex == nil {
+		return
+	}
+	switch {
+	case o.Flags&observe.MaybeTicket != 0:
+		if !f.srv.lateTickets {
+			ex.tentative = o.Time
+		}
+		return
+	case o.Flags&observe.AfterTicket != 0 && !ex.tentative.IsZero():
+		// A second answer to the same request: the first was a ticket.
+		f.srv.lateTickets = true
+	}
+	c.finish(f, o.Time, OutcomeAnswered)
+}
+
+// finish ends the open exchange at the given time.
+func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
+	ex := f.ex
+	f.ex = nil
+	if outcome == OutcomeAnswered {
+		gap := at.Sub(ex.start)
+		f.lastGap, f.answeredAt = gap, at
+		c.m.ExchangeDuration.WithLabelValues(f.srv.label, f.client, ex.phase.String()).Observe(gap.Seconds())
+	}
+	if !ex.stalled {
+		return
+	}
+	c.endStall(f, ex, at, outcome)
+	if outcome != OutcomeAnswered {
+		return
+	}
+	// Released: answered right after the server closed another connection.
+	var sibling closeRecord
+	for _, r := range f.srv.closes {
+		if r.at.IsZero() || r.client == f.key.Client || r.at.After(at) || at.Sub(r.at) > c.cfg.ReleaseWindow {
+			continue
+		}
+		if sibling.at.IsZero() || r.at.After(sibling.at) {
+			sibling = r
+		}
+	}
+	if sibling.at.IsZero() {
+		return
+	}
+	c.m.StallReleases.WithLabelValues(f.srv.label, ReleaseCause).Inc()
+	c.event(f, at, KindRelease, map[string]any{
+		"sibling_client_addr": sibling.client.String(),
+		"after_close_seconds": seconds(at.Sub(sibling.at)),
+		"stalled_seconds":     seconds(at.Sub(ex.start)),
+	})
+}
+
+func (c *Correlator) endStall(f *flow, ex *exchange, at time.Time, outcome string) {
+	c.m.Stalled.WithLabelValues(f.srv.label, f.client, ex.state).Dec()
+	c.m.StallOutcomes.WithLabelValues(f.srv.label, f.client, outcome).Inc()
+	c.event(f, at, KindStallEnd, map[string]any{
+		"state": ex.state, "phase": ex.phase.String(), "outcome": outcome,
+		"duration_seconds": seconds(at.Sub(ex.start)),
+	})
+	if f.unread == ex {
+		f.unread = nil
+	}
+}
+
+func (c *Correlator) alert(f *flow, o observe.Observation) {
+	dir, version := "client", "1.2"
+	if o.Dir == observe.ToClient {
+		dir = "server"
+		if f.serverCloseAt.IsZero() {
+			f.serverCloseAt = o.Time
+		}
+	}
+	if o.Flags&observe.Probable != 0 {
+		version = "1.3?"
+	}
+	c.m.TLSAlerts.WithLabelValues(f.srv.label, dir).Inc()
+	c.event(f, o.Time, KindTLSAlert, map[string]any{"direction": dir, "tls_version": version})
+}
+
+func (c *Correlator) close(f *flow, o observe.Observation) {
+	how, side := "fin", "client"
+	if o.Kind == observe.RST {
+		how = "rst"
+	}
+	if o.Dir == observe.ToClient {
+		side = "server"
+		if f.serverCloseAt.IsZero() {
+			f.serverCloseAt = o.Time
+		}
+		f.serverFIN = true
+	}
+	if !f.closed {
+		f.closed = true
+		f.srv.open--
+		c.m.ConnectionCloses.WithLabelValues(f.srv.label, f.client, side, how).Inc()
+		c.event(f, o.Time, KindClose, map[string]any{"initiator": side, "how": how, "open_exchange": f.ex != nil})
+		if side == "server" {
+			f.srv.closes[f.srv.next] = closeRecord{at: f.serverCloseAt, client: f.key.Client}
+			f.srv.next = (f.srv.next + 1) % len(f.srv.closes)
+		}
+	}
+	if ex := f.ex; ex != nil && side == "server" {
+		d := f.serverCloseAt.Sub(ex.start)
+		kind := RaceCrossedClose
+		if d > c.cfg.RaceWindow {
+			kind = RaceCloseDuringReqst
+		}
+		c.race(f, ex, kind, o.Time, d)
+	}
+	if f.ex != nil {
+		outcome := OutcomeClientClosed
+		switch {
+		case how == "rst":
+			outcome = OutcomeReset
+		case side == "server":
+			outcome = OutcomeServerClosed
+		}
+		c.finish(f, o.Time, outcome)
+	}
+	if how == "rst" {
+		c.drop(f)
+	}
+}
+
+func (c *Correlator) race(f *flow, ex *exchange, kind string, at time.Time, requestToClose time.Duration) {
+	c.m.IdleCloseRaces.WithLabelValues(f.srv.label, f.client, kind).Inc()
+	c.event(f, at, KindRace, map[string]any{
+		"race_kind":                kind,
+		"idle_age_seconds":         seconds(ex.idleAge),
+		"request_to_close_seconds": seconds(requestToClose),
+	})
+}
+
+// state follows the TCP state of one end of the flow: the client's where
+// this host has it, else the server's.
+func (c *Correlator) state(f *flow, o observe.Observation) {
+	if !f.endedAt.IsZero() {
+		return
+	}
+	if o.PID != 0 && f.pid == 0 && f.client != ClientCanary {
+		f.pid = o.PID
+		if o.Comm != "" {
+			c.relabel(f, o.Comm)
+		}
+	}
+	if f.haveState && o.Dir != f.stateDir && f.stateDir == observe.ToServer {
+		return // the server end's state, while the client end's is shown
+	}
+	name := tcpStateName(o.NewState)
+	if f.haveState {
+		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
+	}
+	f.haveState, f.stateDir, f.gaugeState = true, o.Dir, name
+	if o.NewState == observe.TCPCloseWait && !f.serverFIN {
+		f.serverFIN = true
+		if f.serverCloseAt.IsZero() {
+			f.serverCloseAt = o.Time
+		}
+	}
+	if o.NewState == observe.TCPClose {
+		f.haveState = false
+		f.endedAt = o.Time
+		if f.ex != nil {
+			outcome := OutcomeClientClosed
+			if f.serverFIN {
+				outcome = OutcomeServerClosed
+			}
+			c.finish(f, o.Time, outcome)
+		}
+		if !f.closed {
+			f.closed = true
+			f.srv.open--
+		}
+		return
+	}
+	c.m.Connections.WithLabelValues(f.srv.label, f.client, name).Inc()
+	if o.NewState == observe.TCPEstablished {
+		c.checkPool(f.srv, o)
+	}
+}
+
+// relabel moves the flow's gauges to a new client label.
+func (c *Correlator) relabel(f *flow, client string) {
+	if f.client == client {
+		return
+	}
+	if f.haveState {
+		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
+		c.m.Connections.WithLabelValues(f.srv.label, client, f.gaugeState).Inc()
+	}
+	if ex := f.ex; ex != nil && ex.stalled {
+		c.m.Stalled.WithLabelValues(f.srv.label, f.client, ex.state).Dec()
+		c.m.Stalled.WithLabelValues(f.srv.label, client, ex.state).Inc()
+	}
+	f.client = client
+}
+
+// checkPool compares this host's connections to a server with the
+// Max-Connections it advertises.
+func (c *Correlator) checkPool(s *server, o observe.Observation) {
+	if s.maxConns <= 0 {
+		return
+	}
+	over := s.open - s.maxConns
+	if over <= 0 {
+		s.aboveLimit = false
+		c.m.PoolAboveLimit.WithLabelValues(s.label).Set(0)
+		return
+	}
+	c.m.PoolAboveLimit.WithLabelValues(s.label).Set(float64(over))
+	if s.aboveLimit {
+		return
+	}
+	s.aboveLimit = true
+	ev := Event{Time: o.Time, Kind: KindPoolAboveLimit, Server: s.label, Client: ClientUnknown,
+		Fields: map[string]any{"connections": s.open, "max_connections": s.maxConns}}
+	if f, ok := c.flows[o.Flow]; ok {
+		ev.ClientAddr, ev.Client, ev.PID = f.key.Client.String(), f.client, f.pid
+	}
+	c.emit(ev)
+}
+
+// read: the application read what was waiting; an unread stall ends.
+func (c *Correlator) read(f *flow, at time.Time) {
+	f.unreadSince = time.Time{}
+	if f.unread != nil {
+		c.endStall(f, f.unread, at, OutcomeAnswered)
+	}
+}
+
+func (c *Correlator) event(f *flow, at time.Time, kind string, fields map[string]any) {
+	c.emit(Event{Time: at, Kind: kind, Server: f.srv.label, ClientAddr: f.key.Client.String(),
+		Client: f.client, PID: f.pid, Fields: fields})
+}
+
+// Sweep finds the exchanges that crossed the stall threshold, settles
+// answers that waited for a possible ticket, and updates the gauges.
+// The agent calls it every second with its clock.
+func (c *Correlator) Sweep(now time.Time) {
+	oldest := map[*server]time.Duration{}
+	for _, s := range c.servers {
+		oldest[s] = 0
+	}
+	for _, f := range c.flows {
+		if !f.endedAt.IsZero() && now.Sub(f.endedAt) >= endedLinger ||
+			f.closed && f.ex == nil && now.Sub(f.lastSeen) >= closedIdle ||
+			f.ex == nil && now.Sub(f.lastSeen) >= 2*c.cfg.ServerIdleTimeout {
+			c.drop(f)
+			continue
+		}
+		if ex := f.ex; ex != nil {
+			if !ex.tentative.IsZero() && now.Sub(ex.tentative) >= c.cfg.TicketWait {
+				c.finish(f, ex.tentative, OutcomeAnswered)
+				continue
+			}
+			age := now.Sub(ex.start)
+			if age > oldest[f.srv] {
+				oldest[f.srv] = age
+			}
+			if !ex.stalled && age >= c.cfg.StallThreshold {
+				state := StateUnacked
+				if !ex.ackedAt.IsZero() {
+					state = StateAckedSilent
+				}
+				c.stall(f, ex, now, state)
+			}
+		}
+		if !f.unreadSince.IsZero() && f.unread == nil && now.Sub(f.unreadSince) >= c.cfg.StallThreshold {
+			f.unread = &exchange{start: f.unreadSince, ackedAt: f.unreadSince, phase: observe.PhaseRequest}
+			c.stall(f, f.unread, now, StateUnread)
+		}
+	}
+	for s, age := range oldest {
+		c.m.OldestOpenExchange.WithLabelValues(s.label).Set(age.Seconds())
+	}
+	c.m.FlowsTracked.Set(float64(len(c.flows)))
+}
+
+func (c *Correlator) stall(f *flow, ex *exchange, now time.Time, state string) {
+	ex.stalled, ex.state = true, state
+	c.m.Stalls.WithLabelValues(f.srv.label, f.client, state).Inc()
+	c.m.Stalled.WithLabelValues(f.srv.label, f.client, state).Inc()
+	var acked any // null when unacked
+	if !ex.ackedAt.IsZero() {
+		acked = seconds(ex.ackedAt.Sub(ex.start))
+	}
+	c.event(f, now, KindStall, map[string]any{
+		"state": state, "phase": ex.phase.String(), "age_seconds": seconds(now.Sub(ex.start)),
+		"acked_after_seconds": acked, "idle_age_seconds": seconds(ex.idleAge),
+	})
+}
+
+// OpenExchange is one exchange waiting for its answer, for the API.
+type OpenExchange struct {
+	Server     string  `json:"server"`
+	ClientAddr string  `json:"client_addr"`
+	Client     string  `json:"client"`
+	PID        uint32  `json:"pid,omitempty"`
+	Phase      string  `json:"phase"`
+	AgeSeconds float64 `json:"age_seconds"`
+	State      string  `json:"state"` // open, or the stall state
+	Acked      bool    `json:"acked"`
+}
+
+// OpenExchanges lists the open exchanges at now.
+func (c *Correlator) OpenExchanges(now time.Time) []OpenExchange {
+	var out []OpenExchange
+	for _, f := range c.flows {
+		for _, ex := range []*exchange{f.ex, f.unread} {
+			if ex == nil {
+				continue
+			}
+			state := "open"
+			if ex.stalled {
+				state = ex.state
+			}
+			out = append(out, OpenExchange{Server: f.srv.label, ClientAddr: f.key.Client.String(),
+				Client: f.client, PID: f.pid, Phase: ex.phase.String(), AgeSeconds: seconds(now.Sub(ex.start)),
+				State: state, Acked: !ex.ackedAt.IsZero()})
+		}
+	}
+	return out
+}
+
+var tcpStates = []string{1: "established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2",
+	"time_wait", "close", "close_wait", "last_ack", "listen", "closing", "new_syn_recv"}
+
+func tcpStateName(s int) string {
+	if s > 0 && s < len(tcpStates) {
+		return tcpStates[s]
+	}
+	return "unknown"
+}

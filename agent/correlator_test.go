@@ -1,0 +1,373 @@
+package agent
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/icapwatch/icapwatch/agent/observe"
+	"github.com/icapwatch/icapwatch/exporter"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+)
+
+var (
+	t0     = time.Date(2026, 11, 23, 7, 20, 46, 426e6, time.UTC)
+	srvA   = netip.MustParseAddrPort("192.0.2.1:11344")
+	srvB   = netip.MustParseAddrPort("198.51.100.7:11344")
+	cliA   = netip.MustParseAddrPort("192.0.2.10:40001")
+	cliB   = netip.MustParseAddrPort("192.0.2.10:40002")
+	cliC   = netip.MustParseAddrPort("192.0.2.10:40003")
+	flowA  = observe.Flow{Client: cliA, Server: srvA}
+	flowB  = observe.Flow{Client: cliB, Server: srvA}
+	flowC  = observe.Flow{Client: cliC, Server: srvA}
+	flowA2 = observe.Flow{Client: cliA, Server: srvB}
+)
+
+// harness feeds a correlator and keeps what it said.
+type harness struct {
+	t      *testing.T
+	c      *Correlator
+	m      *exporter.Metrics
+	events []Event
+}
+
+func newHarness(t *testing.T, mod func(*Config)) *harness {
+	t.Helper()
+	cfg := DefaultConfig()
+	if mod != nil {
+		mod(&cfg)
+	}
+	h := &harness{t: t, m: exporter.NewMetrics(prometheus.NewRegistry())}
+	c, err := New(cfg, h.m, func(e Event) { h.events = append(h.events, e) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.c = c
+	return h
+}
+
+// at is t0 plus a duration given in seconds.
+func at(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+
+func (h *harness) obs(kind observe.Kind, f observe.Flow, s float64, opts ...func(*observe.Observation)) *harness {
+	o := observe.Observation{Kind: kind, Source: observe.SourceKernel, Time: at(s), Flow: f, Phase: observe.PhaseRequest}
+	switch kind {
+	case observe.Answer, observe.Acked:
+		o.Dir = observe.ToClient
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	h.c.Observe(o)
+	return h
+}
+
+func fromServer(o *observe.Observation) { o.Dir = observe.ToClient }
+func fromClient(o *observe.Observation) { o.Dir = observe.ToServer }
+func flags(fl observe.Flags) func(*observe.Observation) {
+	return func(o *observe.Observation) { o.Flags |= fl }
+}
+func state(old, new int) func(*observe.Observation) {
+	return func(o *observe.Observation) { o.OldState, o.NewState = old, new }
+}
+func owner(pid uint32, comm string) func(*observe.Observation) {
+	return func(o *observe.Observation) { o.PID, o.Comm = pid, comm }
+}
+
+func (h *harness) sweep(s float64) *harness { h.c.Sweep(at(s)); return h }
+
+// kinds lists the events said so far, "kind:detail" each.
+func (h *harness) kinds() string {
+	var parts []string
+	for _, e := range h.events {
+		d := ""
+		for _, k := range []string{"state", "outcome", "race_kind", "initiator", "direction"} {
+			if v, ok := e.Fields[k]; ok {
+				d += ":" + v.(string)
+			}
+		}
+		parts = append(parts, e.Kind+d)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (h *harness) wantKinds(want string) {
+	h.t.Helper()
+	if got := h.kinds(); got != want {
+		h.t.Errorf("events:\n got  %s\n want %s", got, want)
+	}
+}
+
+func (h *harness) field(kind, name string) any {
+	h.t.Helper()
+	for _, e := range h.events {
+		if e.Kind == kind {
+			return e.Fields[name]
+		}
+	}
+	h.t.Fatalf("no %s event", kind)
+	return nil
+}
+
+func (h *harness) wantMetric(c prometheus.Collector, want float64, labels ...string) {
+	h.t.Helper()
+	var got float64
+	switch v := c.(type) {
+	case *prometheus.CounterVec:
+		got = testutil.ToFloat64(v.WithLabelValues(labels...))
+	case *prometheus.GaugeVec:
+		got = testutil.ToFloat64(v.WithLabelValues(labels...))
+	default:
+		got = testutil.ToFloat64(c)
+	}
+	if got != want {
+		h.t.Errorf("%v %v = %v, want %v", c, labels, got, want)
+	}
+}
+
+func histCount(t *testing.T, h *prometheus.HistogramVec, labels ...string) (uint64, float64) {
+	t.Helper()
+	var m = &dtoMetric{}
+	m.read(t, h.WithLabelValues(labels...).(prometheus.Metric))
+	return m.count, m.sum
+}
+
+func TestAnsweredExchange(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Acked, flowA, 0.04).obs(observe.Answer, flowA, 0.1).sweep(20)
+	h.wantKinds("")
+	n, sum := histCount(t, h.m.ExchangeDuration, srvA.String(), ClientUnknown, "request")
+	if n != 1 || sum < 0.0999 || sum > 0.1001 {
+		t.Errorf("gap histogram: %d observations, sum %v; want 1, 0.1", n, sum)
+	}
+}
+
+func TestStallStatesAndOutcomes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		feed   func(h *harness)
+		events string
+		state  string
+		out    string
+	}{
+		{"unacked then answered", func(h *harness) {
+			h.obs(observe.ExchangeStart, flowA, 0).sweep(9).sweep(10).sweep(11).obs(observe.Answer, flowA, 12)
+		}, "stall:unacked stall_end:unacked:answered", StateUnacked, OutcomeAnswered},
+		{"acked_silent then server close", func(h *harness) {
+			h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Acked, flowA, 0.05).sweep(10).
+				obs(observe.FIN, flowA, 30, fromServer)
+		}, "stall:acked_silent close:server race:server_close_during_request stall_end:acked_silent:server_closed",
+			StateAckedSilent, OutcomeServerClosed},
+		{"reset", func(h *harness) {
+			h.obs(observe.ExchangeStart, flowA, 0).sweep(10).obs(observe.RST, flowA, 15, fromServer)
+		}, "stall:unacked close:server race:server_close_during_request stall_end:unacked:reset", StateUnacked, OutcomeReset},
+		{"the application gives up", func(h *harness) {
+			h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Acked, flowA, 0.05).sweep(10).
+				obs(observe.FIN, flowA, 60, fromClient)
+		}, "stall:acked_silent close:client stall_end:acked_silent:client_closed", StateAckedSilent, OutcomeClientClosed},
+		{"evicted", func(h *harness) {
+			h.obs(observe.ExchangeStart, flowA, 0).sweep(10).obs(observe.ExchangeStart, flowB, 11)
+		}, "stall:unacked stall_end:unacked:evicted", StateUnacked, OutcomeEvicted},
+		{"unread", func(h *harness) {
+			h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.2).
+				obs(observe.RecvQueue, flowA, 1, func(o *observe.Observation) { o.Len = 500 }).
+				sweep(10).sweep(10.3).obs(observe.AppRead, flowA, 14)
+		}, "stall:unread stall_end:unread:answered", StateUnread, OutcomeAnswered},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.MaxFlows = 1 })
+			tc.feed(h)
+			h.wantKinds(tc.events)
+			h.wantMetric(h.m.Stalls, 1, srvA.String(), ClientUnknown, tc.state)
+			h.wantMetric(h.m.Stalled, 0, srvA.String(), ClientUnknown, tc.state)
+			h.wantMetric(h.m.StallOutcomes, 1, srvA.String(), ClientUnknown, tc.out)
+		})
+	}
+}
+
+func TestStallEventFields(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.ExchangeStart, flowA, 0).sweep(10.5)
+	b, err := json.Marshal(h.events[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	json.Unmarshal(b, &m)
+	v, present := m["acked_after_seconds"]
+	if !present || v != nil {
+		t.Errorf("an unacked stall needs acked_after_seconds: null, got %s", b)
+	}
+	if m["time"] != "2026-11-23T07:20:56.926Z" || m["age_seconds"] != 10.5 || m["kind"] != "stall" ||
+		m["server"] != "192.0.2.1:11344" || m["client_addr"] != "192.0.2.10:40001" || m["client"] != "unknown" {
+		t.Errorf("stall event: %s", b)
+	}
+	if _, ok := m["pid"]; ok {
+		t.Errorf("pid written while unknown: %s", b)
+	}
+	h.wantMetric(h.m.OldestOpenExchange, 10.5, srvA.String())
+	if open := h.c.OpenExchanges(at(11)); len(open) != 1 || open[0].State != StateUnacked || open[0].AgeSeconds != 11 {
+		t.Errorf("open exchanges: %+v", open)
+	}
+}
+
+func TestRaces(t *testing.T) {
+	h := newHarness(t, nil)
+	// B: the server's FIN arrived before the request was written.
+	h.obs(observe.ExchangeStart, flowB, 0).obs(observe.Answer, flowB, 0.01).
+		obs(observe.FIN, flowB, 300, fromServer).obs(observe.ExchangeStart, flowB, 300.005)
+	// C: request and close crossed.
+	h.obs(observe.ExchangeStart, flowC, 0).obs(observe.Answer, flowC, 0.01).
+		obs(observe.ExchangeStart, flowC, 299.8).obs(observe.FIN, flowC, 300.1, fromServer)
+	h.wantKinds("close:server race:reuse_after_server_close close:server race:crossed_close")
+	if got := h.events[1].Fields["request_to_close_seconds"]; got != -0.005 {
+		t.Errorf("reuse after close: request_to_close_seconds %v, want -0.005", got)
+	}
+	if got := h.events[3].Fields["idle_age_seconds"]; got != 299.79 {
+		t.Errorf("crossed close: idle_age_seconds %v, want 299.79", got)
+	}
+	for _, kind := range []string{RaceReuseAfterClose, RaceCrossedClose} {
+		h.wantMetric(h.m.IdleCloseRaces, 1, srvA.String(), ClientUnknown, kind)
+	}
+	n, _ := histCount(t, h.m.ReuseIdleAge, srvA.String(), ClientUnknown)
+	if n != 2 {
+		t.Errorf("reuse idle age: %d observations, want 2", n)
+	}
+}
+
+func TestRelease(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		answer  float64
+		release bool
+	}{{"answered 8 ms after a sibling's close", 40.008, true}, {"answered 3 s after", 43, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			h.obs(observe.ExchangeStart, flowB, 0).obs(observe.Answer, flowB, 0.01) // B goes idle
+			h.obs(observe.ExchangeStart, flowA, 1).obs(observe.Acked, flowA, 1.04).sweep(11)
+			h.obs(observe.TLSAlert, flowB, 40, fromServer).obs(observe.FIN, flowB, 40.0001, fromServer)
+			h.obs(observe.Answer, flowA, tc.answer)
+			want := 0.0
+			if tc.release {
+				want = 1
+				if got := h.field(KindRelease, "after_close_seconds"); got != 0.008 {
+					t.Errorf("after_close_seconds %v", got)
+				}
+				if got := h.field(KindRelease, "sibling_client_addr"); got != cliB.String() {
+					t.Errorf("sibling %v", got)
+				}
+			}
+			h.wantMetric(h.m.StallReleases, want, srvA.String(), ReleaseCause)
+		})
+	}
+}
+
+func TestTLSAlerts(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.TLSAlert, flowA, 1, fromServer).obs(observe.TLSAlert, flowB, 2, fromClient, flags(observe.Probable))
+	if h.events[0].Fields["tls_version"] != "1.2" || h.events[1].Fields["tls_version"] != "1.3?" {
+		t.Errorf("versions: %v %v", h.events[0].Fields, h.events[1].Fields)
+	}
+	h.wantMetric(h.m.TLSAlerts, 1, srvA.String(), "server")
+	h.wantMetric(h.m.TLSAlerts, 1, srvA.String(), "client")
+}
+
+func TestSessionTickets(t *testing.T) {
+	h := newHarness(t, nil)
+	// A server that sends its ticket after the client's Finished: the
+	// second answer is the real one, and the server is remembered.
+	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.001, flags(observe.MaybeTicket)).
+		obs(observe.Answer, flowA, 0.5, flags(observe.AfterTicket))
+	h.obs(observe.ExchangeStart, flowB, 1).obs(observe.Answer, flowB, 1.001, flags(observe.MaybeTicket)).
+		sweep(5).sweep(11)
+	h.wantKinds("stall:unacked")
+	// A server whose ticket came with its handshake: the flagged answer is
+	// the answer, once no second one follows.
+	h2 := newHarness(t, nil)
+	h2.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.002, flags(observe.MaybeTicket)).sweep(1.5).sweep(20)
+	h2.wantKinds("")
+	n, sum := histCount(t, h2.m.ExchangeDuration, srvA.String(), ClientUnknown, "request")
+	if n != 1 || sum > 0.0021 {
+		t.Errorf("gap: %d, %v; want one of 2 ms", n, sum)
+	}
+}
+
+func TestConnectionsOwnersAndBounds(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxServers = 1 })
+	h.obs(observe.State, flowA, 0, fromClient, state(observe.TCPSynSent, observe.TCPEstablished), owner(4121, "scanapp"))
+	h.wantMetric(h.m.Connections, 1, srvA.String(), "scanapp", "established")
+	h.obs(observe.ExchangeStart, flowA, 1).sweep(11)
+	if e := h.events[0]; e.PID != 4121 || e.Client != "scanapp" {
+		t.Errorf("stall event owner: %+v", e)
+	}
+	// The server end's states do not replace the client end's.
+	h.obs(observe.State, flowA, 12, fromServer, state(observe.TCPEstablished, observe.TCPCloseWait))
+	h.wantMetric(h.m.Connections, 1, srvA.String(), "scanapp", "established")
+	h.obs(observe.State, flowA, 13, fromClient, state(observe.TCPEstablished, observe.TCPClose))
+	h.wantMetric(h.m.Connections, 0, srvA.String(), "scanapp", "established")
+	h.wantKinds("stall:unacked stall_end:unacked:client_closed")
+	// One server label allowed: another server is "other".
+	h.obs(observe.ExchangeStart, flowA2, 20).obs(observe.Answer, flowA2, 20.1)
+	if n, _ := histCount(t, h.m.ExchangeDuration, ServerOther, ClientUnknown, "request"); n != 1 {
+		t.Errorf("second server not counted as other")
+	}
+	h.sweep(30)
+	h.wantMetric(h.m.FlowsTracked, 1)
+}
+
+func TestPoolAboveServerLimitAndCanary(t *testing.T) {
+	h := newHarness(t, nil)
+	h.c.Observe(observe.Observation{Kind: observe.CanaryConn, Source: observe.SourceCanary, Flow: flowC})
+	for i, f := range []observe.Flow{flowA, flowB, flowC} {
+		h.obs(observe.State, f, float64(i), fromClient, state(observe.TCPSynSent, observe.TCPEstablished))
+	}
+	h.c.Observe(observe.Observation{Kind: observe.ServerOptions, Source: observe.SourceCanary, Time: at(5),
+		Flow: flowC, MaxConnections: 2})
+	h.wantKinds(KindPoolAboveLimit)
+	if h.events[0].Fields["connections"] != 3 || h.events[0].Client != ClientCanary {
+		t.Errorf("pool event: %+v", h.events[0])
+	}
+	h.wantMetric(h.m.PoolAboveLimit, 1, srvA.String())
+	h.wantMetric(h.m.Connections, 1, srvA.String(), ClientCanary, "established")
+	h.obs(observe.ExchangeStart, flowC, 6).obs(observe.Answer, flowC, 6.010)
+	h.c.Observe(observe.Observation{Kind: observe.CanaryAnswer, Source: observe.SourceCanary, Flow: flowC,
+		Gap: 10*time.Millisecond + 300*time.Microsecond})
+	if n, sum := histCount(t, h.m.MeasurementSkew, srvA.String()); n != 1 || sum < 0.00029 || sum > 0.00031 {
+		t.Errorf("skew: %d, %v", n, sum)
+	}
+	h.obs(observe.FIN, flowA, 7, fromClient)
+	h.c.Observe(observe.Observation{Kind: observe.ServerOptions, Source: observe.SourceCanary, Time: at(8),
+		Flow: flowC, MaxConnections: 2})
+	h.wantMetric(h.m.PoolAboveLimit, 0, srvA.String())
+}
+
+func TestConfigValidateNamesFlag(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.RaceWindow = 0
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--race-window") {
+		t.Errorf("got %v", err)
+	}
+	cfg = DefaultConfig()
+	cfg.MaxServers = 0
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--max-servers") {
+		t.Errorf("got %v", err)
+	}
+}
+
+type dtoMetric struct {
+	count uint64
+	sum   float64
+}
+
+func (d *dtoMetric) read(t *testing.T, m prometheus.Metric) {
+	t.Helper()
+	var pb dto.Metric
+	if err := m.Write(&pb); err != nil {
+		t.Fatal(err)
+	}
+	d.count, d.sum = pb.GetHistogram().GetSampleCount(), pb.GetHistogram().GetSampleSum()
+}

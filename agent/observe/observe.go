@@ -1,0 +1,160 @@
+// Package observe is the event model every source produces into and the
+// correlator consumes: the kernel reader, the capture reader and the
+// canary. It depends on nothing but the standard library, so a source
+// needs neither eBPF nor the correlator to speak it.
+package observe
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Kind says what an Observation reports.
+type Kind uint8
+
+const (
+	// Wire signals, from the TC classifier or a capture.
+	ExchangeStart Kind = iota + 1 // the client spoke after the server, or first
+	Acked                         // the server's TCP ACKed every request byte
+	Answer                        // the server's first byte after a request
+	TLSAlert                      // a TLS alert record (Flags Probable for the TLS 1.3 length rule)
+	FIN                           // from Dir's sender
+	RST                           // from Dir's sender
+	Retransmit                    // a segment (Flags SYN: a SYN) seen again
+
+	// Socket signals, from tracepoints, kprobes or sock_diag.
+	State         // a TCP state change; PID and Comm when the owner is known
+	TCPRetransmit // the local stack retransmitted
+	AppWrite      // the application wrote (kprobe)
+	AppRead       // the application read (kprobe)
+	RecvQueue     // bytes waiting in the receive queue (sock_diag), in Len
+
+	// Canary signals: the agent's own client knows the truth.
+	CanaryConn    // a canary connection's local address (Flow), to label it
+	CanaryAnswer  // the canary's own gap for an exchange, in Gap
+	ServerOptions // OPTIONS of a server: MaxConnections
+	ServerIdle    // the canary saw the server idle-close after IdleTimeout
+)
+
+var kindNames = [...]string{ExchangeStart: "exchange_start", Acked: "acked", Answer: "answer",
+	TLSAlert: "tls_alert", FIN: "fin", RST: "rst", Retransmit: "retransmit", State: "state",
+	TCPRetransmit: "tcp_retransmit", AppWrite: "app_write", AppRead: "app_read",
+	RecvQueue: "recv_queue", CanaryConn: "canary_conn", CanaryAnswer: "canary_answer",
+	ServerOptions: "server_options", ServerIdle: "server_idle"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) && kindNames[k] != "" {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+// Direction of a segment in ICAP roles.
+type Direction uint8
+
+const (
+	ToServer Direction = iota // client -> server: request side
+	ToClient                  // server -> client: answer side
+)
+
+// Phase of an exchange.
+type Phase uint8
+
+const (
+	PhaseNone Phase = iota
+	PhaseHandshake
+	PhaseRequest
+)
+
+func (p Phase) String() string {
+	switch p {
+	case PhaseHandshake:
+		return "handshake"
+	case PhaseRequest:
+		return "request"
+	}
+	return "none"
+}
+
+// Flags qualify an observation.
+type Flags uint16
+
+const (
+	Probable     Flags = 1 << iota // TLS 1.3 close_notify by the 19-byte rule
+	OpenExchange                   // an exchange was open at the time
+	MaybeTicket                    // first server data after a TLS 1.3 handshake: a ticket or the answer
+	AfterTicket                    // the next server record after a MaybeTicket answer
+	Midstream                      // the flow was first seen after its SYN
+	SYN                            // the retransmitted segment is a SYN
+	TLS13                          // the flow negotiated TLS 1.3
+	Plain                          // the flow is not TLS
+)
+
+// Source says where observations come from; the agent reports it.
+type Source uint8
+
+const (
+	SourceKernel Source = iota + 1
+	SourceSockDiag
+	SourceCapture
+	SourceCanary
+)
+
+func (s Source) String() string {
+	switch s {
+	case SourceKernel:
+		return "bpf"
+	case SourceSockDiag:
+		return "sockdiag"
+	case SourceCapture:
+		return "capture"
+	case SourceCanary:
+		return "canary"
+	}
+	return "unknown"
+}
+
+// Flow identifies a TCP connection to a watched port.
+type Flow struct {
+	Client netip.AddrPort
+	Server netip.AddrPort
+}
+
+// TCP states (include/net/tcp_states.h) the correlator acts on.
+const (
+	TCPEstablished = 1
+	TCPSynSent     = 2
+	TCPClose       = 7
+	TCPCloseWait   = 8
+)
+
+// Observation is one thing a source saw. Time is on the source's clock:
+// wall time for live sources, the capture's for files; the correlator
+// only compares times of the same source.
+type Observation struct {
+	Kind   Kind
+	Source Source
+	Time   time.Time
+	// Ref is a related earlier time: the exchange's start (Acked, Answer),
+	// the flow's previous data (ExchangeStart). Zero when unknown.
+	Ref  time.Time
+	Flow Flow
+	Dir  Direction
+	// Phase of the exchange (ExchangeStart, Acked, Answer).
+	Phase Phase
+	Flags Flags
+	Seq   uint32
+	Ack   uint32
+	Len   uint32 // segment payload, app bytes, or queued bytes (RecvQueue)
+	Bytes uint32 // request bytes of the exchange so far
+
+	OldState, NewState int // State
+	PID                uint32
+	Comm               string
+	Sock               uint64 // kernel socket address: joins socket signals
+
+	// Canary signals.
+	Gap            time.Duration // CanaryAnswer: the canary's own gap
+	MaxConnections int           // ServerOptions
+	IdleTimeout    time.Duration // ServerIdle
+}

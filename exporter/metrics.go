@@ -1,0 +1,114 @@
+// Package exporter defines icapwatch's metrics (the contract that
+// dashboards and alert rules use) and serves them.
+package exporter
+
+import (
+	"runtime"
+
+	"github.com/icapwatch/icapwatch/internal/version"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const namespace = "icapwatch"
+
+// GapBuckets reach 10 minutes: the stalls this tool exists for last
+// minutes (a server's 5 minute idle timeout).
+var GapBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}
+
+// IdleAgeBuckets are dense below SPE's 300 s idle timeout, where reuse
+// turns into a race.
+var IdleAgeBuckets = []float64{1, 5, 10, 30, 60, 120, 180, 240, 270, 285, 295, 300, 310, 600}
+
+// Metrics are the agent's metrics, by the names of the contract.
+type Metrics struct {
+	ExchangeDuration   *prometheus.HistogramVec // server, client, phase
+	Stalls             *prometheus.CounterVec   // server, client, state
+	Stalled            *prometheus.GaugeVec     // server, client, state
+	OldestOpenExchange *prometheus.GaugeVec     // server
+	StallOutcomes      *prometheus.CounterVec   // server, client, outcome
+	StallReleases      *prometheus.CounterVec   // server, cause
+	IdleCloseRaces     *prometheus.CounterVec   // server, client, kind
+	ReuseIdleAge       *prometheus.HistogramVec // server, client
+	TLSAlerts          *prometheus.CounterVec   // server, direction
+	Connections        *prometheus.GaugeVec     // server, client, state
+	ConnectionCloses   *prometheus.CounterVec   // server, client, initiator, how
+	Retransmits        *prometheus.CounterVec   // server
+	MeasurementSkew    *prometheus.HistogramVec // target
+	PoolAboveLimit     *prometheus.GaugeVec     // server
+	ServerMaxConns     *prometheus.GaugeVec     // target
+	ServerIdleTimeout  *prometheus.GaugeVec     // target
+	Events             *prometheus.CounterVec   // source
+	EventsLost         *prometheus.CounterVec   // source
+	FlowsTracked       prometheus.Gauge
+	FlowEvictions      prometheus.Counter
+	HookAttached       *prometheus.GaugeVec // hook
+	BuildInfo          *prometheus.GaugeVec // version, goversion
+}
+
+func name(n string) string { return prometheus.BuildFQName(namespace, "", n) }
+
+// NewMetrics creates the metrics and registers them with reg (nil: none).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		ExchangeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("exchange_duration_seconds"),
+			Help: "Gap from a request's first byte on the wire to the answer's first byte.", Buckets: GapBuckets},
+			[]string{"server", "client", "phase"}),
+		Stalls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("stalls_total"),
+			Help: "Exchanges that stayed open longer than the stall threshold, counted once, by where they were stuck."},
+			[]string{"server", "client", "state"}),
+		Stalled: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("stalled_exchanges"),
+			Help: "Exchanges stalled now."}, []string{"server", "client", "state"}),
+		OldestOpenExchange: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("oldest_open_exchange_seconds"),
+			Help: "Age of the oldest open exchange to the server (0 when none is open)."}, []string{"server"}),
+		StallOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("stall_outcomes_total"),
+			Help: "How stalled exchanges ended."}, []string{"server", "client", "outcome"}),
+		StallReleases: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("stall_releases_total"),
+			Help: "Stalled exchanges answered right after the server closed another connection: workers held by idle connections."},
+			[]string{"server", "cause"}),
+		IdleCloseRaces: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("idle_close_races_total"),
+			Help: "Requests that raced the server's close of their connection, by kind."}, []string{"server", "client", "kind"}),
+		ReuseIdleAge: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("reuse_idle_age_seconds"),
+			Help: "How long a connection was quiet before a request was written on it.", Buckets: IdleAgeBuckets},
+			[]string{"server", "client"}),
+		TLSAlerts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("tls_alerts_total"),
+			Help: "TLS alerts (and probable TLS 1.3 close_notify) by sender: client or server."}, []string{"server", "direction"}),
+		Connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("connections"),
+			Help: "Tracked connections by TCP state."}, []string{"server", "client", "state"}),
+		ConnectionCloses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("connection_closes_total"),
+			Help: "Connection closes by the side that closed first and how (fin or rst)."},
+			[]string{"server", "client", "initiator", "how"}),
+		Retransmits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("retransmits_total"),
+			Help: "Segments seen again on the wire."}, []string{"server"}),
+		MeasurementSkew: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("measurement_skew_seconds"),
+			Help:    "The canary's own gap minus the kernel's gap for the same exchange.",
+			Buckets: []float64{-.01, -.001, -.0001, 0, .0001, .0005, .001, .0025, .005, .01, .1}}, []string{"target"}),
+		PoolAboveLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("pool_above_server_limit"),
+			Help: "Connections this host holds to the server beyond its advertised Max-Connections (0 when within)."},
+			[]string{"server"}),
+		ServerMaxConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("server_max_connections"),
+			Help: "Max-Connections the server advertises in OPTIONS."}, []string{"target"}),
+		ServerIdleTimeout: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("server_idle_timeout_seconds"),
+			Help: "The server's idle timeout, as the canary observed it."}, []string{"target"}),
+		Events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_total"),
+			Help: "Observations received, by source."}, []string{"source"}),
+		EventsLost: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_lost_total"),
+			Help: "Observations lost (buffer full, undecodable), by source."}, []string{"source"}),
+		FlowsTracked: prometheus.NewGauge(prometheus.GaugeOpts{Name: name("flows_tracked"),
+			Help: "Flows the correlator tracks."}),
+		FlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("flow_evictions_total"),
+			Help: "Flows dropped to stay within max-flows."}),
+		HookAttached: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("kernel_hook_attached"),
+			Help: "1 when the kernel hook is attached."}, []string{"hook"}),
+		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("build_info"),
+			Help: "Build information; always 1."}, []string{"version", "goversion"}),
+	}
+	m.BuildInfo.WithLabelValues(version.Version, runtime.Version()).Set(1)
+	if reg != nil {
+		reg.MustRegister(m.ExchangeDuration, m.Stalls, m.Stalled, m.OldestOpenExchange, m.StallOutcomes,
+			m.StallReleases, m.IdleCloseRaces, m.ReuseIdleAge, m.TLSAlerts, m.Connections,
+			m.ConnectionCloses, m.Retransmits, m.MeasurementSkew, m.PoolAboveLimit, m.ServerMaxConns,
+			m.ServerIdleTimeout, m.Events, m.EventsLost, m.FlowsTracked, m.FlowEvictions,
+			m.HookAttached, m.BuildInfo)
+	}
+	return m
+}
