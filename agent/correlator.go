@@ -132,6 +132,7 @@ type flow struct {
 	answeredAt    time.Time
 	unreadSince   time.Time
 	unread        *exchange // an unread stall, while it lasts
+	unacked       uint32    // request bytes the server has not ACKed, as sock_diag last read
 	// The connections gauge: which end's TCP state is shown and the
 	// labels it was counted under.
 	stateDir   observe.Direction
@@ -274,11 +275,15 @@ func (c *Correlator) Observe(o observe.Observation) {
 		c.state(f, o)
 	case observe.AppRead:
 		c.read(f, o.Time)
-	case observe.RecvQueue:
-		if o.Len == 0 {
+	case observe.SocketInfo:
+		f.unacked = o.Unacked
+		if o.RQueue == 0 {
 			c.read(f, o.Time)
-		} else if f.ex == nil && !f.answeredAt.IsZero() && f.unreadSince.IsZero() {
+		} else if f.ex == nil && f.unreadSince.IsZero() {
 			f.unreadSince = f.answeredAt
+			if f.unreadSince.IsZero() { // answered before we knew the flow
+				f.unreadSince = o.Time
+			}
 		}
 	}
 }
@@ -417,9 +422,9 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 	}
 	if ex := f.ex; ex != nil && side == "server" {
 		d := f.serverCloseAt.Sub(ex.start)
-		kind := RaceCrossedClose
-		if d > c.cfg.RaceWindow {
-			kind = RaceCloseDuringReqst
+		kind := RaceCloseDuringReqst
+		if d <= c.cfg.RaceWindow || c.idleClose(f, ex) {
+			kind = RaceCrossedClose
 		}
 		c.race(f, ex, kind, o.Time, d)
 	}
@@ -438,6 +443,22 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 	}
 }
 
+// idleClose: the server closed when the connection, counted from its
+// last data before the request, had been quiet for the server's idle
+// timeout: its idle timer fired and crossed the request, however late
+// the close arrived. The canary's observed timeout replaces the default.
+func (c *Correlator) idleClose(f *flow, ex *exchange) bool {
+	if !ex.reused {
+		return false
+	}
+	idle := c.cfg.ServerIdleTimeout
+	if f.srv.idleTimeout > 0 {
+		idle = f.srv.idleTimeout
+	}
+	quiet := f.serverCloseAt.Sub(ex.start.Add(-ex.idleAge))
+	return (quiet - idle).Abs() <= c.cfg.RaceWindow
+}
+
 func (c *Correlator) race(f *flow, ex *exchange, kind string, at time.Time, requestToClose time.Duration) {
 	c.m.IdleCloseRaces.WithLabelValues(f.srv.label, f.client, kind).Inc()
 	c.event(f, at, KindRace, map[string]any{
@@ -452,6 +473,9 @@ func (c *Correlator) race(f *flow, ex *exchange, kind string, at time.Time, requ
 func (c *Correlator) state(f *flow, o observe.Observation) {
 	if !f.endedAt.IsZero() {
 		return
+	}
+	if f.lastData.IsZero() && !o.Ref.IsZero() {
+		f.lastData = o.Ref // a flow found by sock_diag, with its last data time
 	}
 	if o.PID != 0 && f.pid == 0 && f.client != ClientCanary {
 		f.pid = o.PID
@@ -574,8 +598,9 @@ func (c *Correlator) Sweep(now time.Time) {
 				oldest[f.srv] = age
 			}
 			if !ex.stalled && age >= c.cfg.StallThreshold {
+				// sock_diag, where it runs, has the last word on the ACK.
 				state := StateUnacked
-				if !ex.ackedAt.IsZero() {
+				if !ex.ackedAt.IsZero() && f.unacked == 0 {
 					state = StateAckedSilent
 				}
 				c.stall(f, ex, now, state)

@@ -174,7 +174,7 @@ func TestStallStatesAndOutcomes(t *testing.T) {
 		}, "stall:unacked stall_end:unacked:evicted", StateUnacked, OutcomeEvicted},
 		{"unread", func(h *harness) {
 			h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.2).
-				obs(observe.RecvQueue, flowA, 1, func(o *observe.Observation) { o.Len = 500 }).
+				obs(observe.SocketInfo, flowA, 1, func(o *observe.Observation) { o.RQueue = 500 }).
 				sweep(10).sweep(10.3).obs(observe.AppRead, flowA, 14)
 		}, "stall:unread stall_end:unread:answered", StateUnread, OutcomeAnswered},
 	} {
@@ -236,6 +236,27 @@ func TestRaces(t *testing.T) {
 	n, _ := histCount(t, h.m.ReuseIdleAge, srvA.String(), ClientUnknown)
 	if n != 2 {
 		t.Errorf("reuse idle age: %d observations, want 2", n)
+	}
+}
+
+// A close that comes later than the race window after the request, but
+// when the connection had been quiet for the server's idle timeout (as
+// the canary observed it), crossed the request too.
+func TestIdleTimeoutClassifiesRaces(t *testing.T) {
+	for _, tc := range []struct {
+		observed time.Duration
+		want     string
+	}{{20 * time.Second, RaceCrossedClose}, {0, RaceCloseDuringReqst}} {
+		h := newHarness(t, nil)
+		if tc.observed > 0 {
+			h.c.Observe(observe.Observation{Kind: observe.ServerIdle, Source: observe.SourceCanary,
+				Flow: observe.Flow{Server: srvA}, IdleTimeout: tc.observed})
+		}
+		h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.01).
+			obs(observe.ExchangeStart, flowA, 19.5).obs(observe.FIN, flowA, 20.7, fromServer)
+		if got := h.field(KindRace, "race_kind"); got != tc.want {
+			t.Errorf("idle timeout %v: race %v, want %s", tc.observed, got, tc.want)
+		}
 	}
 }
 

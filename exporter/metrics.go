@@ -39,6 +39,7 @@ type Metrics struct {
 	ServerIdleTimeout  *prometheus.GaugeVec     // target
 	Events             *prometheus.CounterVec   // source
 	EventsLost         *prometheus.CounterVec   // source
+	Source             *prometheus.GaugeVec     // source: 1 for the one in use
 	FlowsTracked       prometheus.Gauge
 	FlowEvictions      prometheus.Counter
 	HookAttached       *prometheus.GaugeVec // hook
@@ -93,6 +94,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Observations received, by source."}, []string{"source"}),
 		EventsLost: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_lost_total"),
 			Help: "Observations lost (buffer full, undecodable), by source."}, []string{"source"}),
+		Source: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("source"),
+			Help: "1 for the source of wire observations in use: bpf, or sockdiag where BPF is not allowed."},
+			[]string{"source"}),
 		FlowsTracked: prometheus.NewGauge(prometheus.GaugeOpts{Name: name("flows_tracked"),
 			Help: "Flows the correlator tracks."}),
 		FlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("flow_evictions_total"),
@@ -107,7 +111,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.ExchangeDuration, m.Stalls, m.Stalled, m.OldestOpenExchange, m.StallOutcomes,
 			m.StallReleases, m.IdleCloseRaces, m.ReuseIdleAge, m.TLSAlerts, m.Connections,
 			m.ConnectionCloses, m.Retransmits, m.MeasurementSkew, m.PoolAboveLimit, m.ServerMaxConns,
-			m.ServerIdleTimeout, m.Events, m.EventsLost, m.FlowsTracked, m.FlowEvictions,
+			m.ServerIdleTimeout, m.Events, m.EventsLost, m.Source, m.FlowsTracked, m.FlowEvictions,
 			m.HookAttached, m.BuildInfo)
 	}
 	return m

@@ -27,7 +27,7 @@ const (
 	TCPRetransmit // the local stack retransmitted
 	AppWrite      // the application wrote (kprobe)
 	AppRead       // the application read (kprobe)
-	RecvQueue     // bytes waiting in the receive queue (sock_diag), in Len
+	SocketInfo    // a socket's queues and counters (sock_diag): RQueue, Unacked, Retrans
 
 	// Canary signals: the agent's own client knows the truth.
 	CanaryConn    // a canary connection's local address (Flow), to label it
@@ -39,7 +39,7 @@ const (
 var kindNames = [...]string{ExchangeStart: "exchange_start", Acked: "acked", Answer: "answer",
 	TLSAlert: "tls_alert", FIN: "fin", RST: "rst", Retransmit: "retransmit", State: "state",
 	TCPRetransmit: "tcp_retransmit", AppWrite: "app_write", AppRead: "app_read",
-	RecvQueue: "recv_queue", CanaryConn: "canary_conn", CanaryAnswer: "canary_answer",
+	SocketInfo: "socket_info", CanaryConn: "canary_conn", CanaryAnswer: "canary_answer",
 	ServerOptions: "server_options", ServerIdle: "server_idle"}
 
 func (k Kind) String() string {
@@ -136,7 +136,8 @@ type Observation struct {
 	Source Source
 	Time   time.Time
 	// Ref is a related earlier time: the exchange's start (Acked, Answer),
-	// the flow's previous data (ExchangeStart). Zero when unknown.
+	// the flow's previous data (ExchangeStart, State from sock_diag). Zero
+	// when unknown.
 	Ref  time.Time
 	Flow Flow
 	Dir  Direction
@@ -152,6 +153,9 @@ type Observation struct {
 	PID                uint32
 	Comm               string
 	Sock               uint64 // kernel socket address: joins socket signals
+
+	// SocketInfo: what sock_diag read of the socket.
+	RQueue, Unacked, Retrans uint32
 
 	// Canary signals.
 	Gap            time.Duration // CanaryAnswer: the canary's own gap
