@@ -131,8 +131,9 @@ type flow struct {
 	lastGap       time.Duration
 	answeredAt    time.Time
 	unreadSince   time.Time
-	unread        *exchange // an unread stall, while it lasts
-	unacked       uint32    // request bytes the server has not ACKed, as sock_diag last read
+	unread        *exchange           // an unread stall, while it lasts
+	unacked       uint32              // request bytes the server has not ACKed, as sock_diag last read
+	canary        observe.Observation // the canary's answer, waiting for the kernel's
 	// The connections gauge: which end's TCP state is shown and the
 	// labels it was counted under.
 	stateDir   observe.Direction
@@ -142,6 +143,10 @@ type flow struct {
 	// that the other end's last packets do not make it anew.
 	endedAt time.Time
 }
+
+// canaryMatch: the canary's and the kernel's view of one answer are this
+// close in time (the clocks differ by the stack's latency only).
+const canaryMatch = time.Second
 
 // Flows leave the table this long after they end or close.
 const (
@@ -248,8 +253,13 @@ func (c *Correlator) Observe(o observe.Observation) {
 		c.m.ServerIdleTimeout.WithLabelValues(s.label).Set(o.IdleTimeout.Seconds())
 		return
 	case observe.CanaryAnswer:
-		if f, ok := c.flows[o.Flow]; ok && f.lastGap > 0 {
-			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((o.Gap - f.lastGap).Seconds())
+		// The canary and the kernel report the same answer in either order.
+		if f, ok := c.flows[o.Flow]; ok {
+			if f.lastGap > 0 && (o.Time.Sub(f.answeredAt)).Abs() <= canaryMatch {
+				c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((o.Gap - f.lastGap).Seconds())
+			} else {
+				f.canary = o
+			}
 		}
 		return
 	}
@@ -342,6 +352,10 @@ func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
 		gap := at.Sub(ex.start)
 		f.lastGap, f.answeredAt = gap, at
 		c.m.ExchangeDuration.WithLabelValues(f.srv.label, f.client, ex.phase.String()).Observe(gap.Seconds())
+		if f.canary.Kind != 0 && f.canary.Time.Sub(at).Abs() <= canaryMatch {
+			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((f.canary.Gap - gap).Seconds())
+		}
+		f.canary = observe.Observation{}
 	}
 	if !ex.stalled {
 		return

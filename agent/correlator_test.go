@@ -354,13 +354,18 @@ func TestPoolAboveServerLimitAndCanary(t *testing.T) {
 	}
 	h.wantMetric(h.m.PoolAboveLimit, 1, srvA.String())
 	h.wantMetric(h.m.Connections, 1, srvA.String(), ClientCanary, "established")
+	// The kernel's answer first, then the canary's; then the other way.
 	h.obs(observe.ExchangeStart, flowC, 6).obs(observe.Answer, flowC, 6.010)
 	h.c.Observe(observe.Observation{Kind: observe.CanaryAnswer, Source: observe.SourceCanary, Flow: flowC,
-		Gap: 10*time.Millisecond + 300*time.Microsecond})
-	if n, sum := histCount(t, h.m.MeasurementSkew, srvA.String()); n != 1 || sum < 0.00029 || sum > 0.00031 {
-		t.Errorf("skew: %d, %v", n, sum)
+		Time: at(6.0103), Gap: 10*time.Millisecond + 300*time.Microsecond})
+	h.obs(observe.ExchangeStart, flowC, 7)
+	h.c.Observe(observe.Observation{Kind: observe.CanaryAnswer, Source: observe.SourceCanary, Flow: flowC,
+		Time: at(7.0203), Gap: 20*time.Millisecond + 300*time.Microsecond})
+	h.obs(observe.Answer, flowC, 7.020)
+	if n, sum := histCount(t, h.m.MeasurementSkew, srvA.String()); n != 2 || sum < 0.00059 || sum > 0.00061 {
+		t.Errorf("skew: %d observations, sum %v; want 2, 0.0006", n, sum)
 	}
-	h.obs(observe.FIN, flowA, 7, fromClient)
+	h.obs(observe.FIN, flowA, 8, fromClient)
 	h.c.Observe(observe.Observation{Kind: observe.ServerOptions, Source: observe.SourceCanary, Time: at(8),
 		Flow: flowC, MaxConnections: 2})
 	h.wantMetric(h.m.PoolAboveLimit, 0, srvA.String())
