@@ -412,7 +412,16 @@ func (c *Correlator) alert(f *flow, o observe.Observation) {
 	c.event(f, o.Time, KindTLSAlert, map[string]any{"direction": dir, "tls_version": version})
 }
 
+// settle takes an answer held as a possible ticket as the answer: nothing
+// more can come on the flow.
+func (c *Correlator) settle(f *flow) {
+	if f.ex != nil && !f.ex.tentative.IsZero() {
+		c.finish(f, f.ex.tentative, OutcomeAnswered)
+	}
+}
+
 func (c *Correlator) close(f *flow, o observe.Observation) {
+	c.settle(f)
 	how, side := "fin", "client"
 	if o.Kind == observe.RST {
 		how = "rst"
@@ -452,8 +461,8 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 		}
 		c.finish(f, o.Time, outcome)
 	}
-	if how == "rst" {
-		c.drop(f)
+	if how == "rst" && f.endedAt.IsZero() {
+		f.endedAt = o.Time // more resets may follow: the flow lingers to absorb them
 	}
 }
 
@@ -512,6 +521,7 @@ func (c *Correlator) state(f *flow, o observe.Observation) {
 		}
 	}
 	if o.NewState == observe.TCPClose {
+		c.settle(f)
 		f.haveState = false
 		f.endedAt = o.Time
 		if f.ex != nil {

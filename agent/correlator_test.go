@@ -287,6 +287,15 @@ func TestRelease(t *testing.T) {
 	}
 }
 
+func TestResetsAfterCloseCountOnce(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.FIN, flowA, 1, fromClient).obs(observe.RST, flowA, 1.1, fromClient).
+		obs(observe.RST, flowA, 1.2, fromClient).sweep(3).obs(observe.RST, flowA, 3.5, fromClient)
+	h.wantKinds("close:client")
+	h.sweep(10)
+	h.wantMetric(h.m.FlowsTracked, 0)
+}
+
 func TestTLSAlerts(t *testing.T) {
 	h := newHarness(t, nil)
 	h.obs(observe.TLSAlert, flowA, 1, fromServer).obs(observe.TLSAlert, flowB, 2, fromClient, flags(observe.Probable))
@@ -311,9 +320,16 @@ func TestSessionTickets(t *testing.T) {
 	h2 := newHarness(t, nil)
 	h2.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.002, flags(observe.MaybeTicket)).sweep(1.5).sweep(20)
 	h2.wantKinds("")
+	// ... and when the client closes before the wait is over.
+	h2.obs(observe.ExchangeStart, flowB, 30).obs(observe.Answer, flowB, 30.003, flags(observe.MaybeTicket)).
+		obs(observe.FIN, flowB, 30.1, fromClient)
+	h2.wantKinds("close:client")
+	if e := h2.events[0]; e.Fields["open_exchange"] != false {
+		t.Errorf("close with the answered exchange still open: %+v", e)
+	}
 	n, sum := histCount(t, h2.m.ExchangeDuration, srvA.String(), ClientUnknown, "request")
-	if n != 1 || sum > 0.0021 {
-		t.Errorf("gap: %d, %v; want one of 2 ms", n, sum)
+	if n != 2 || sum > 0.0051 {
+		t.Errorf("gap: %d, %v; want 2 ms and 3 ms", n, sum)
 	}
 }
 

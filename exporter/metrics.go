@@ -37,6 +37,11 @@ type Metrics struct {
 	PoolAboveLimit     *prometheus.GaugeVec     // server
 	ServerMaxConns     *prometheus.GaugeVec     // target
 	ServerIdleTimeout  *prometheus.GaugeVec     // target
+	ProbeSuccess       *prometheus.GaugeVec     // target
+	ProbePhase         *prometheus.HistogramVec // target, conn, phase
+	ProbeFailures      *prometheus.CounterVec   // target, reason
+	PoolConnections    *prometheus.GaugeVec     // target, state
+	PoolExhausted      *prometheus.CounterVec   // target
 	Events             *prometheus.CounterVec   // source
 	EventsLost         *prometheus.CounterVec   // source
 	Source             *prometheus.GaugeVec     // source: 1 for the one in use
@@ -90,6 +95,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Max-Connections the server advertises in OPTIONS."}, []string{"target"}),
 		ServerIdleTimeout: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("server_idle_timeout_seconds"),
 			Help: "The server's idle timeout, as the canary observed it."}, []string{"target"}),
+		ProbeSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("probe_success"),
+			Help: "1 when the canary's last OPTIONS to the target was answered."}, []string{"target"}),
+		ProbePhase: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("probe_phase_seconds"),
+			Help:    "The canary's phases: connect, tls, write, first_byte, total; on a fresh or reused connection.",
+			Buckets: GapBuckets}, []string{"target", "conn", "phase"}),
+		ProbeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("probe_failures_total"),
+			Help: "Canary probes that failed, by the phase or reason."}, []string{"target", "reason"}),
+		PoolConnections: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("pool_connections"),
+			Help: "The canary pool's connections by state (idle, busy)."}, []string{"target", "state"}),
+		PoolExhausted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("pool_exhausted_total"),
+			Help: "Canary requests refused because every pooled connection was busy."}, []string{"target"}),
 		Events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_total"),
 			Help: "Observations received, by source."}, []string{"source"}),
 		EventsLost: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_lost_total"),
@@ -111,7 +127,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.ExchangeDuration, m.Stalls, m.Stalled, m.OldestOpenExchange, m.StallOutcomes,
 			m.StallReleases, m.IdleCloseRaces, m.ReuseIdleAge, m.TLSAlerts, m.Connections,
 			m.ConnectionCloses, m.Retransmits, m.MeasurementSkew, m.PoolAboveLimit, m.ServerMaxConns,
-			m.ServerIdleTimeout, m.Events, m.EventsLost, m.Source, m.FlowsTracked, m.FlowEvictions,
+			m.ServerIdleTimeout, m.ProbeSuccess, m.ProbePhase, m.ProbeFailures, m.PoolConnections,
+			m.PoolExhausted, m.Events, m.EventsLost, m.Source, m.FlowsTracked, m.FlowEvictions,
 			m.HookAttached, m.BuildInfo)
 	}
 	return m

@@ -83,6 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	lab := registerLab(app)
 	probe := registerProbe(app)
 	check := registerCheck(app)
+	agentC := registerAgent(app)
 
 	cmd, err := app.Parse(args)
 	if err != nil {
@@ -106,6 +107,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		return finish(stderr, lab.run(ctx, logger.Named("lab"), stdout))
 	case probe.cmd.FullCommand():
 		return finish(stderr, probe.run(ctx, stdout))
+	case agentC.cmd.FullCommand():
+		return finish(stderr, agentC.run(ctx, logger))
 	case check.cmd.FullCommand():
 		return finish(stderr, check.run(logger.Named("check"), stdout))
 	}

@@ -1,0 +1,417 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/icapwatch/icapwatch/agent/observe"
+	"github.com/icapwatch/icapwatch/bpf"
+	"github.com/icapwatch/icapwatch/exporter"
+	"github.com/icapwatch/icapwatch/icap"
+	"github.com/icapwatch/icapwatch/internal/logging"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Sources of wire observations.
+const (
+	SourceAuto     = "auto"
+	SourceBPF      = "bpf"
+	SourceSockDiag = "sockdiag"
+)
+
+// CanaryConfig is the agent's own ICAP client pool.
+type CanaryConfig struct {
+	Targets  []string // icaps://host:11344/SERVICE ...
+	Interval time.Duration
+	CA       string
+	Insecure bool
+	PoolSize int
+	// MaxIdle retires idle canary connections; keep it below the server's
+	// idle timeout so the canary does not hold a server worker for long.
+	MaxIdle time.Duration
+}
+
+// DaemonConfig is everything `icapwatch agent` takes.
+type DaemonConfig struct {
+	Ports         []uint16
+	Interfaces    []string
+	Source        string
+	Correlator    Config
+	SweepInterval time.Duration
+	Canary        CanaryConfig
+	Web           exporter.WebConfig
+	EventsKeep    int
+	Proc          string // the host's /proc
+	Logger        hclog.Logger
+	// OnEvent, when set, is told of every event too (the demo's timeline).
+	OnEvent func(Event)
+}
+
+// DefaultDaemonConfig returns the agent's defaults.
+func DefaultDaemonConfig() DaemonConfig {
+	return DaemonConfig{
+		Ports:         []uint16{icap.TLSPort, icap.PlainPort},
+		Source:        SourceAuto,
+		Correlator:    DefaultConfig(),
+		SweepInterval: time.Second,
+		Canary:        CanaryConfig{Interval: 30 * time.Second, PoolSize: 1, MaxIdle: 60 * time.Second},
+		Web:           exporter.WebConfig{ListenAddress: ":9344"},
+		EventsKeep:    1000,
+		Proc:          "/proc",
+	}
+}
+
+// Validate names the flag whose value is wrong.
+func (c DaemonConfig) Validate() error {
+	if len(c.Ports) == 0 {
+		return errors.New("--ports: at least one port is needed")
+	}
+	switch c.Source {
+	case SourceAuto, SourceBPF, SourceSockDiag:
+	default:
+		return fmt.Errorf("--source %q: want auto, bpf or sockdiag", c.Source)
+	}
+	if err := c.Correlator.Validate(); err != nil {
+		return err
+	}
+	if c.SweepInterval <= 0 {
+		return errors.New("sweep interval must be positive")
+	}
+	for _, t := range c.Canary.Targets {
+		if _, err := icap.ParseTarget(t); err != nil {
+			return fmt.Errorf("--canary.target %q: %w", t, err)
+		}
+	}
+	if c.Canary.Interval < time.Second {
+		return fmt.Errorf("--canary.interval: %v is below 1s", c.Canary.Interval)
+	}
+	if c.Canary.PoolSize < 1 {
+		return fmt.Errorf("--canary.pool-size: %d is below 1", c.Canary.PoolSize)
+	}
+	if c.Canary.MaxIdle <= 0 {
+		return errors.New("--canary.max-idle: must be positive")
+	}
+	if c.EventsKeep < 1 {
+		return fmt.Errorf("--events.keep: %d is below 1", c.EventsKeep)
+	}
+	if c.Canary.CA != "" {
+		if _, err := os.Stat(c.Canary.CA); err != nil {
+			return fmt.Errorf("--canary.ca: %w", err)
+		}
+	}
+	return nil
+}
+
+// Daemon is the running agent.
+type Daemon struct {
+	cfg   DaemonConfig
+	log   hclog.Logger
+	reg   *prometheus.Registry
+	m     *exporter.Metrics
+	ready atomic.Bool
+	addr  chan net.Addr
+
+	mu     sync.Mutex // guards the correlator and what follows
+	corr   *Correlator
+	events []Event // ring of the last EventsKeep
+	next   int
+	full   bool
+	source string
+	hooks  []bpf.HookStatus
+}
+
+// NewDaemon checks the configuration.
+func NewDaemon(cfg DaemonConfig) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(), addr: make(chan net.Addr, 1),
+		events: make([]Event, cfg.EventsKeep)}
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.m = exporter.NewMetrics(d.reg)
+	corr, err := New(cfg.Correlator, d.m, d.onEvent)
+	if err != nil {
+		return nil, err
+	}
+	d.corr = corr
+	return d, nil
+}
+
+// Addr is the HTTP address, once listening.
+func (d *Daemon) Addr() <-chan net.Addr { return d.addr }
+
+// Registry is the daemon's metrics registry.
+func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
+
+// Source is the wire source in use, once Run has chosen it.
+func (d *Daemon) Source() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.source
+}
+
+func (d *Daemon) onEvent(e Event) {
+	d.events[d.next] = e
+	d.next = (d.next + 1) % len(d.events)
+	d.full = d.full || d.next == 0
+	d.log.Info(e.Kind, e.LogArgs()...)
+	if d.cfg.OnEvent != nil {
+		d.cfg.OnEvent(e)
+	}
+}
+
+// Run serves until ctx ends, then takes every hook off and returns.
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	addr, webDone, err := exporter.Serve(ctx, d.cfg.Web, exporter.Handler(d.reg, d, logging.Slog(d.log.Named("web"))),
+		logging.Slog(d.log.Named("web")))
+	if err != nil {
+		return err
+	}
+	d.addr <- addr
+	d.log.Info("serving", "address", addr.String())
+
+	obs := make(chan observe.Observation, 4096)
+	var wg sync.WaitGroup
+	probe, diag, err := d.openSource()
+	if err != nil {
+		return err
+	}
+	if probe != nil {
+		defer probe.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.readKernel(ctx, probe, obs)
+		}()
+	}
+	d.ready.Store(true)
+	for _, target := range d.cfg.Canary.Targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.runCanary(ctx, target, obs)
+		}()
+	}
+
+	tick := time.NewTicker(d.cfg.SweepInterval)
+	defer tick.Stop()
+	var lost uint64
+	for {
+		select {
+		case o := <-obs:
+			d.mu.Lock()
+			d.corr.Observe(o)
+			d.mu.Unlock()
+		case now := <-tick.C:
+			d.mu.Lock()
+			if err := diag.Poll(now, d.corr.Observe); err != nil {
+				d.log.Warn("sock_diag poll failed", "error", err)
+			}
+			d.corr.Sweep(now)
+			d.mu.Unlock()
+			if probe != nil {
+				if st, err := probe.Stats(); err == nil && st.EventsLost > lost {
+					d.m.EventsLost.WithLabelValues(SourceBPF).Add(float64(st.EventsLost - lost))
+					lost = st.EventsLost
+				}
+			}
+		case <-ctx.Done():
+			d.ready.Store(false)
+			start := time.Now()
+			var err error
+			if probe != nil {
+				err = probe.Close() // unblocks the reader
+			}
+			wg.Wait()
+			d.log.Info("stopped", "detach", time.Since(start).Round(time.Millisecond))
+			if werr := <-webDone; werr != nil && err == nil {
+				err = werr
+			}
+			return err
+		case err := <-webDone:
+			return fmt.Errorf("http server: %w", err)
+		}
+	}
+}
+
+// openSource attaches the kernel probes, or falls back to sock_diag.
+func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
+	source := d.cfg.Source
+	var probe *bpf.Probe
+	if source != SourceSockDiag {
+		cfg := bpf.DefaultConfig()
+		cfg.Ports, cfg.Interfaces, cfg.Logger = d.cfg.Ports, d.cfg.Interfaces, d.log.Named("bpf")
+		p, err := bpf.Open(cfg)
+		switch {
+		case err == nil:
+			probe, source = p, SourceBPF
+		case source == SourceBPF:
+			return nil, nil, fmt.Errorf("--source bpf: %w", err)
+		default:
+			d.log.Warn("eBPF is not available here: running on sock_diag, with coarser timing", "reason", err)
+			source = SourceSockDiag
+		}
+	}
+	d.mu.Lock()
+	d.source = source
+	if probe != nil {
+		d.hooks = probe.Hooks()
+	}
+	d.mu.Unlock()
+	d.m.Source.WithLabelValues(source).Set(1)
+	for _, h := range d.hooks {
+		v := 0.0
+		if h.Attached {
+			v = 1
+		}
+		d.m.HookAttached.WithLabelValues(h.Name).Set(v)
+	}
+	d.log.Info("source", "source", source, "ports", fmt.Sprint(d.cfg.Ports))
+	return probe, NewSockDiag(d.cfg.Ports, d.cfg.Proc, source == SourceSockDiag), nil
+}
+
+func (d *Daemon) readKernel(ctx context.Context, p *bpf.Probe, out chan<- observe.Observation) {
+	for {
+		ev, err := p.Read()
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				d.log.Error("kernel events", "error", err)
+			}
+			return
+		}
+		select {
+		case out <- ev.Observation():
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// runCanary sends OPTIONS to one target every interval.
+func (d *Daemon) runCanary(ctx context.Context, target string, out chan<- observe.Observation) {
+	log := d.log.Named("canary").With("target", target)
+	send := func(o observe.Observation) {
+		select {
+		case out <- o:
+		case <-ctx.Done():
+		}
+	}
+	client, err := icap.NewClient(icap.Config{Target: target, CAFile: d.cfg.Canary.CA, Insecure: d.cfg.Canary.Insecure,
+		MaxConns: d.cfg.Canary.PoolSize, MaxIdle: d.cfg.Canary.MaxIdle, Observer: CanaryObserver(send)})
+	if err != nil {
+		log.Error("canary not started", "error", err)
+		return
+	}
+	defer client.Close()
+	var exhausted uint64
+	for {
+		timeout := min(d.cfg.Canary.Interval, 30*time.Second)
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		_, opts, tr, err := client.Options(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		d.recordProbe(target, opts, tr, err, log, send)
+		st := client.Stats()
+		d.m.PoolConnections.WithLabelValues(target, "idle").Set(float64(st.Idle))
+		d.m.PoolConnections.WithLabelValues(target, "busy").Set(float64(st.InUse))
+		if st.Exhausted > exhausted {
+			d.m.PoolExhausted.WithLabelValues(target).Add(float64(st.Exhausted - exhausted))
+			exhausted = st.Exhausted
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d.cfg.Canary.Interval):
+		}
+	}
+}
+
+func (d *Daemon) recordProbe(target string, opts icap.Options, tr *icap.Trace, err error, log hclog.Logger,
+	send func(observe.Observation)) {
+	if err != nil {
+		reason := "error"
+		var pe *icap.PhaseError
+		if errors.As(err, &pe) {
+			reason = pe.Phase
+		}
+		d.m.ProbeSuccess.WithLabelValues(target).Set(0)
+		d.m.ProbeFailures.WithLabelValues(target, reason).Inc()
+		log.Warn("canary probe failed", "reason", reason, "error", err)
+		return
+	}
+	d.m.ProbeSuccess.WithLabelValues(target).Set(1)
+	conn := "fresh"
+	if tr.Reused {
+		conn = "reused"
+	}
+	for _, p := range tr.Phases() {
+		if p.Duration > 0 || p.Name == "first_byte" || p.Name == "total" {
+			d.m.ProbePhase.WithLabelValues(target, conn, p.Name).Observe(p.Duration.Seconds())
+		}
+	}
+	if remote := tr.Conn.Remote; remote.IsValid() {
+		send(CanaryOptions(netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), opts, time.Now()))
+	}
+}
+
+// Status implements exporter.Backend.
+func (d *Daemon) Status() exporter.Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := exporter.Status{Ready: d.ready.Load(), Source: d.source, Targets: d.cfg.Canary.Targets}
+	for _, h := range d.hooks {
+		st.Hooks = append(st.Hooks, exporter.Hook{Name: h.Name, Attached: h.Attached, Mode: h.Mode, Error: h.Error})
+	}
+	for _, ex := range d.corr.OpenExchanges(time.Now()) {
+		st.Open++
+		if ex.State != "open" {
+			st.Stalled++
+		}
+	}
+	evs := d.recent()
+	for i := max(0, len(evs)-20); i < len(evs); i++ {
+		st.Recent = append(st.Recent, evs[i].Time.Format("15:04:05.000")+" "+evs[i].Summary())
+	}
+	return st
+}
+
+// Exchanges implements exporter.Backend.
+func (d *Daemon) Exchanges() any {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ex := d.corr.OpenExchanges(time.Now())
+	if ex == nil {
+		ex = []OpenExchange{}
+	}
+	return ex
+}
+
+// Events implements exporter.Backend: the kept events, oldest first.
+func (d *Daemon) Events() any {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.recent()
+}
+
+func (d *Daemon) recent() []Event {
+	if !d.full {
+		return append([]Event{}, d.events[:d.next]...)
+	}
+	return append(append([]Event{}, d.events[d.next:]...), d.events[:d.next]...)
+}

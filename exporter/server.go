@@ -1,0 +1,140 @@
+package exporter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/icapwatch/icapwatch/internal/version"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
+)
+
+// Hook is one kernel hook on the landing page.
+type Hook struct {
+	Name     string
+	Attached bool
+	Mode     string
+	Error    string
+}
+
+// Status is the agent's state for the landing page and /readyz.
+type Status struct {
+	Ready   bool
+	Source  string // bpf or sockdiag
+	Hooks   []Hook
+	Open    int      // open exchanges
+	Stalled int      // of which stalled
+	Recent  []string // the last events, one line each, newest last
+	Targets []string // canary targets
+}
+
+// Backend is what the agent shows through HTTP.
+type Backend interface {
+	Status() Status
+	// Exchanges and Events return JSON-ready values for the API.
+	Exchanges() any
+	Events() any
+}
+
+// Handler serves /metrics, /healthz, /readyz, the API and the landing page.
+func Handler(reg prometheus.Gatherer, b Backend, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError), ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !b.Status().Ready {
+			http.Error(w, "not ready: hooks not attached yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /api/v1/exchanges", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, map[string]any{"exchanges": b.Exchanges()})
+	})
+	mux.HandleFunc("GET /api/v1/events", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, map[string]any{"events": b.Events()})
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		landing.Execute(w, struct {
+			Status
+			Version string
+		}{b.Status(), version.String()})
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+var landing = template.Must(template.New("landing").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>icapwatch</title>
+<style>body{font-family:sans-serif;margin:2em;max-width:70em}td,th{padding:.2em .8em;text-align:left}
+.bad{color:#b00}.ok{color:#070}pre{background:#f4f4f4;padding:1em;overflow-x:auto}</style></head>
+<body><h1>icapwatch</h1><p>{{.Version}}</p>
+<p>Source: <b>{{.Source}}</b>. Ready: {{if .Ready}}<span class="ok">yes</span>{{else}}<span class="bad">no</span>{{end}}.
+Open exchanges: {{.Open}}, stalled: {{if .Stalled}}<span class="bad">{{.Stalled}}</span>{{else}}0{{end}}.</p>
+{{if .Hooks}}<h2>Kernel hooks</h2><table><tr><th>hook</th><th>attached</th><th>mode</th><th>error</th></tr>
+{{range .Hooks}}<tr><td>{{.Name}}</td><td>{{if .Attached}}<span class="ok">yes</span>{{else}}<span class="bad">no</span>{{end}}</td><td>{{.Mode}}</td><td>{{.Error}}</td></tr>
+{{end}}</table>{{end}}
+{{if .Targets}}<h2>Canary targets</h2><ul>{{range .Targets}}<li>{{.}}</li>{{end}}</ul>{{end}}
+<h2>Last events</h2>{{if .Recent}}<pre>{{range .Recent}}{{.}}
+{{end}}</pre>{{else}}<p>None yet.</p>{{end}}
+<p><a href="/metrics">/metrics</a> · <a href="/api/v1/exchanges">/api/v1/exchanges</a> ·
+<a href="/api/v1/events">/api/v1/events</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
+</body></html>
+`))
+
+// WebConfig holds exporter-toolkit's flags.
+type WebConfig struct {
+	ListenAddress string // --web.listen-address
+	ConfigFile    string // --web.config.file: TLS and basic auth
+}
+
+// Serve listens and serves h until ctx ends, then shuts down within 5 s.
+// It returns the bound address once listening, and a channel with the
+// server's final error.
+func Serve(ctx context.Context, cfg WebConfig, h http.Handler, log *slog.Logger) (net.Addr, <-chan error, error) {
+	if cfg.ConfigFile != "" {
+		if err := web.Validate(cfg.ConfigFile); err != nil {
+			return nil, nil, fmt.Errorf("--web.config.file %s: %w", cfg.ConfigFile, err)
+		}
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddress)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--web.listen-address %s: %w", cfg.ListenAddress, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	addrs, systemd, file := []string{cfg.ListenAddress}, false, cfg.ConfigFile
+	flags := &web.FlagConfig{WebListenAddresses: &addrs, WebSystemdSocket: &systemd, WebConfigFile: &file}
+	done := make(chan error, 1)
+	go func() {
+		err := web.Serve(ln, srv, flags, log)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		done <- err
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	return ln.Addr(), done, nil
+}
