@@ -61,8 +61,8 @@ lint: ## gofmt, go vet, staticcheck and a tidy go.mod.
 	$(GO) mod tidy -diff
 
 .PHONY: demo
-demo: build ## The main job: the lab server, probes against it, and the hang it reproduces.
-	scripts/lab-demo.sh $(BIN)
+demo: build ## The main job: icapwatch demo, the seed's hang caught live (run as root for eBPF).
+	$(BIN) demo
 
 .PHONY: clean
 clean: ## Remove build output.

@@ -89,16 +89,31 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// closeRecord is a close the server initiated, for release matching.
+// closeRecord is a connection's close (its first alert or FIN from
+// either side), kept a while for release matching.
 type closeRecord struct {
 	at     time.Time
 	client netip.AddrPort
+	by     string // client or server: who closed first
+}
+
+// answerRecord is a stalled exchange's answer, kept a while: the close
+// that released it may be reported after it (the kernel holds a TLS 1.3
+// close_notify until its FIN).
+type answerRecord struct {
+	at       time.Time
+	flow     *flow
+	start    time.Time
+	phase    observe.Phase
+	released bool
 }
 
 type server struct {
 	label       string
-	closes      [8]closeRecord // the latest server-initiated closes, a ring
-	next        int
+	closes      [8]closeRecord  // the latest closes, a ring
+	answers     [8]answerRecord // the latest stalled answers, a ring
+	nextClose   int
+	nextAnswer  int
 	open        int  // connections this host holds: flows not closed
 	lateTickets bool // sends TLS 1.3 tickets after the client's Finished
 	maxConns    int
@@ -124,9 +139,14 @@ type flow struct {
 	pid           uint32
 	lastSeen      time.Time
 	lastData      time.Time
-	serverCloseAt time.Time // first server alert or FIN
+	serverCloseAt time.Time    // first server alert or FIN
+	closeAt       [2]time.Time // first alert, FIN or RST by side: client, server
+	closeHow      string       // fin or rst
+	closeOpen     bool         // an exchange was open at the first close
 	serverFIN     bool
-	closed        bool // a FIN or RST was seen: the close is counted
+	closed        bool    // a FIN or RST was seen
+	closeReported bool    // the close event is out: initiator decided
+	fin           [2]bool // FIN or RST seen from the client, the server
 	ex            *exchange
 	lastGap       time.Duration
 	answeredAt    time.Time
@@ -217,7 +237,17 @@ func (c *Correlator) lookup(key observe.Flow, now time.Time) *flow {
 	return f
 }
 
+func firstOf(t [2]time.Time) time.Time {
+	if t[0].IsZero() || !t[1].IsZero() && t[1].Before(t[0]) {
+		return t[1]
+	}
+	return t[0]
+}
+
 func (c *Correlator) drop(f *flow) {
+	if f.closed {
+		c.reportClose(f)
+	}
 	if f.haveState {
 		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
 	}
@@ -364,25 +394,36 @@ func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
 	if outcome != OutcomeAnswered {
 		return
 	}
-	// Released: answered right after the server closed another connection.
-	var sibling closeRecord
+	// Released: answered right after another connection to the server
+	// closed. The close may be reported later: keep the answer a while.
+	rec := answerRecord{at: at, flow: f, start: ex.start, phase: ex.phase}
 	for _, r := range f.srv.closes {
-		if r.at.IsZero() || r.client == f.key.Client || r.at.After(at) || at.Sub(r.at) > c.cfg.ReleaseWindow {
-			continue
-		}
-		if sibling.at.IsZero() || r.at.After(sibling.at) {
-			sibling = r
+		if c.releases(r, &rec) {
+			break
 		}
 	}
-	if sibling.at.IsZero() {
-		return
+	f.srv.answers[f.srv.nextAnswer] = rec
+	f.srv.nextAnswer = (f.srv.nextAnswer + 1) % len(f.srv.answers)
+}
+
+// releases reports a release when the close r came within the release
+// window before the stalled answer a, on another connection.
+func (c *Correlator) releases(r closeRecord, a *answerRecord) bool {
+	if a.released || r.at.IsZero() || a.at.IsZero() || r.client == a.flow.key.Client ||
+		r.at.After(a.at) || a.at.Sub(r.at) > c.cfg.ReleaseWindow {
+		return false
 	}
+	a.released = true
+	f := a.flow
 	c.m.StallReleases.WithLabelValues(f.srv.label, ReleaseCause).Inc()
-	c.event(f, at, KindRelease, map[string]any{
-		"sibling_client_addr": sibling.client.String(),
-		"after_close_seconds": seconds(at.Sub(sibling.at)),
-		"stalled_seconds":     seconds(at.Sub(ex.start)),
+	c.event(f, a.at, KindRelease, map[string]any{
+		"phase":               a.phase.String(),
+		"sibling_client_addr": r.client.String(),
+		"sibling_closed_by":   r.by,
+		"after_close_seconds": seconds(a.at.Sub(r.at)),
+		"stalled_seconds":     seconds(a.at.Sub(a.start)),
 	})
+	return true
 }
 
 func (c *Correlator) endStall(f *flow, ex *exchange, at time.Time, outcome string) {
@@ -405,6 +446,8 @@ func (c *Correlator) alert(f *flow, o observe.Observation) {
 			f.serverCloseAt = o.Time
 		}
 	}
+	// An alert starts a close (close_notify), or ends the connection.
+	c.noteClose(f, o.Dir, o.Time)
 	if o.Flags&observe.Probable != 0 {
 		version = "1.3?"
 	}
@@ -434,14 +477,19 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 		f.serverFIN = true
 	}
 	if !f.closed {
-		f.closed = true
+		f.closed, f.closeOpen = true, f.ex != nil
 		f.srv.open--
-		c.m.ConnectionCloses.WithLabelValues(f.srv.label, f.client, side, how).Inc()
-		c.event(f, o.Time, KindClose, map[string]any{"initiator": side, "how": how, "open_exchange": f.ex != nil})
-		if side == "server" {
-			f.srv.closes[f.srv.next] = closeRecord{at: f.serverCloseAt, client: f.key.Client}
-			f.srv.next = (f.srv.next + 1) % len(f.srv.closes)
-		}
+	}
+	if f.closeHow != "rst" {
+		f.closeHow = how
+	}
+	c.noteClose(f, o.Dir, o.Time)
+	// Both sides have spoken, or a reset ended it: who closed first is
+	// known. Otherwise Sweep decides after the race window, as the other
+	// side's close_notify may still be on its way.
+	f.fin[o.Dir&1] = true
+	if how == "rst" || f.fin[0] && f.fin[1] {
+		c.reportClose(f)
 	}
 	if ex := f.ex; ex != nil && side == "server" {
 		d := f.serverCloseAt.Sub(ex.start)
@@ -464,6 +512,47 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 	if how == "rst" && f.endedAt.IsZero() {
 		f.endedAt = o.Time // more resets may follow: the flow lingers to absorb them
 	}
+}
+
+// noteClose keeps the first close signal of each side; the first signal
+// of the connection is a close other stalled exchanges may have waited for.
+func (c *Correlator) noteClose(f *flow, dir observe.Direction, at time.Time) {
+	side := 0
+	if dir == observe.ToClient {
+		side = 1
+	}
+	if !f.closeAt[side].IsZero() && !f.closeAt[side].After(at) {
+		return
+	}
+	prev := firstOf(f.closeAt)
+	f.closeAt[side] = at
+	if !prev.IsZero() && !at.Before(prev) {
+		return
+	}
+	r := closeRecord{at: at, client: f.key.Client, by: [2]string{"client", "server"}[side]}
+	f.srv.closes[f.srv.nextClose] = r
+	f.srv.nextClose = (f.srv.nextClose + 1) % len(f.srv.closes)
+	for i := range f.srv.answers {
+		c.releases(r, &f.srv.answers[i])
+	}
+}
+
+// reportClose emits the close event once: the side whose close signal
+// (alert, FIN or RST) came first closed the connection.
+func (c *Correlator) reportClose(f *flow) {
+	if f.closeReported {
+		return
+	}
+	f.closeReported = true
+	if firstOf(f.closeAt).IsZero() {
+		return // gone without a FIN or RST seen (sock_diag): who closed is unknown
+	}
+	side, at := "client", f.closeAt[0]
+	if at.IsZero() || !f.closeAt[1].IsZero() && f.closeAt[1].Before(at) {
+		side, at = "server", f.closeAt[1]
+	}
+	c.m.ConnectionCloses.WithLabelValues(f.srv.label, f.client, side, f.closeHow).Inc()
+	c.event(f, at, KindClose, map[string]any{"initiator": side, "how": f.closeHow, "open_exchange": f.closeOpen})
 }
 
 // idleClose: the server closed when the connection, counted from its
@@ -606,6 +695,9 @@ func (c *Correlator) Sweep(now time.Time) {
 		oldest[s] = 0
 	}
 	for _, f := range c.flows {
+		if f.closed && !f.closeReported && now.Sub(firstOf(f.closeAt)) >= c.cfg.RaceWindow {
+			c.reportClose(f)
+		}
 		if !f.endedAt.IsZero() && now.Sub(f.endedAt) >= endedLinger ||
 			f.closed && f.ex == nil && now.Sub(f.lastSeen) >= closedIdle ||
 			f.ex == nil && now.Sub(f.lastSeen) >= 2*c.cfg.ServerIdleTimeout {

@@ -159,16 +159,16 @@ func TestStallStatesAndOutcomes(t *testing.T) {
 		}, "stall:unacked stall_end:unacked:answered", StateUnacked, OutcomeAnswered},
 		{"acked_silent then server close", func(h *harness) {
 			h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Acked, flowA, 0.05).sweep(10).
-				obs(observe.FIN, flowA, 30, fromServer)
-		}, "stall:acked_silent close:server race:server_close_during_request stall_end:acked_silent:server_closed",
+				obs(observe.FIN, flowA, 30, fromServer).sweep(32)
+		}, "stall:acked_silent race:server_close_during_request stall_end:acked_silent:server_closed close:server",
 			StateAckedSilent, OutcomeServerClosed},
 		{"reset", func(h *harness) {
 			h.obs(observe.ExchangeStart, flowA, 0).sweep(10).obs(observe.RST, flowA, 15, fromServer)
 		}, "stall:unacked close:server race:server_close_during_request stall_end:unacked:reset", StateUnacked, OutcomeReset},
 		{"the application gives up", func(h *harness) {
 			h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Acked, flowA, 0.05).sweep(10).
-				obs(observe.FIN, flowA, 60, fromClient)
-		}, "stall:acked_silent close:client stall_end:acked_silent:client_closed", StateAckedSilent, OutcomeClientClosed},
+				obs(observe.FIN, flowA, 60, fromClient).sweep(62)
+		}, "stall:acked_silent stall_end:acked_silent:client_closed close:client", StateAckedSilent, OutcomeClientClosed},
 		{"evicted", func(h *harness) {
 			h.obs(observe.ExchangeStart, flowA, 0).sweep(10).obs(observe.ExchangeStart, flowB, 11)
 		}, "stall:unacked stall_end:unacked:evicted", StateUnacked, OutcomeEvicted},
@@ -222,12 +222,12 @@ func TestRaces(t *testing.T) {
 		obs(observe.FIN, flowB, 300, fromServer).obs(observe.ExchangeStart, flowB, 300.005)
 	// C: request and close crossed.
 	h.obs(observe.ExchangeStart, flowC, 0).obs(observe.Answer, flowC, 0.01).
-		obs(observe.ExchangeStart, flowC, 299.8).obs(observe.FIN, flowC, 300.1, fromServer)
-	h.wantKinds("close:server race:reuse_after_server_close close:server race:crossed_close")
-	if got := h.events[1].Fields["request_to_close_seconds"]; got != -0.005 {
+		obs(observe.ExchangeStart, flowC, 299.8).obs(observe.FIN, flowC, 300.1, fromServer).sweep(302)
+	h.wantKinds("race:reuse_after_server_close race:crossed_close close:server close:server")
+	if got := h.events[0].Fields["request_to_close_seconds"]; got != -0.005 {
 		t.Errorf("reuse after close: request_to_close_seconds %v, want -0.005", got)
 	}
-	if got := h.events[3].Fields["idle_age_seconds"]; got != 299.79 {
+	if got := h.events[1].Fields["idle_age_seconds"]; got != 299.79 {
 		t.Errorf("crossed close: idle_age_seconds %v, want 299.79", got)
 	}
 	for _, kind := range []string{RaceReuseAfterClose, RaceCrossedClose} {
@@ -296,6 +296,23 @@ func TestResetsAfterCloseCountOnce(t *testing.T) {
 	h.wantMetric(h.m.FlowsTracked, 0)
 }
 
+// The sibling's close_notify reaches the correlator after the answer it
+// released (the kernel holds it until the FIN), with its own time.
+func TestReleaseReportedLate(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.ExchangeStart, flowA, 1).obs(observe.Acked, flowA, 1.04).sweep(11)
+	h.obs(observe.Answer, flowA, 40.008)
+	h.obs(observe.FIN, flowB, 40.009, fromClient) // the client answers the close_notify first
+	h.obs(observe.TLSAlert, flowB, 40, fromServer, flags(observe.Probable)).obs(observe.FIN, flowB, 40.01, fromServer)
+	h.wantKinds("stall:acked_silent stall_end:acked_silent:answered release tls_alert:server close:server")
+	if got := h.field(KindRelease, "sibling_closed_by"); got != "server" {
+		t.Errorf("sibling closed by %v", got)
+	}
+	if got := h.field(KindRelease, "after_close_seconds"); got != 0.008 {
+		t.Errorf("after_close_seconds %v", got)
+	}
+}
+
 func TestTLSAlerts(t *testing.T) {
 	h := newHarness(t, nil)
 	h.obs(observe.TLSAlert, flowA, 1, fromServer).obs(observe.TLSAlert, flowB, 2, fromClient, flags(observe.Probable))
@@ -322,7 +339,7 @@ func TestSessionTickets(t *testing.T) {
 	h2.wantKinds("")
 	// ... and when the client closes before the wait is over.
 	h2.obs(observe.ExchangeStart, flowB, 30).obs(observe.Answer, flowB, 30.003, flags(observe.MaybeTicket)).
-		obs(observe.FIN, flowB, 30.1, fromClient)
+		obs(observe.FIN, flowB, 30.1, fromClient).sweep(32)
 	h2.wantKinds("close:client")
 	if e := h2.events[0]; e.Fields["open_exchange"] != false {
 		t.Errorf("close with the answered exchange still open: %+v", e)

@@ -79,28 +79,36 @@ func (e Event) Summary() string {
 		who = fmt.Sprintf("%s (pid %d)", e.Client, e.PID)
 	}
 	f := e.Fields
+	what := "request"
+	if f["phase"] == "handshake" {
+		what = "TLS handshake"
+	}
 	switch e.Kind {
 	case KindStall:
 		acked := "not ACKed by the server"
 		if v, ok := f["acked_after_seconds"].(float64); ok {
 			acked = fmt.Sprintf("ACKed by the server %s after it was sent", human(v))
 		}
-		return fmt.Sprintf("%s request from %s %s to %s %s, no answer for %s (%s)",
-			f["phase"], who, e.ClientAddr, e.Server, acked, human(f["age_seconds"].(float64)), f["state"])
+		if f["state"] == StateUnread {
+			return fmt.Sprintf("answer to %s %s from %s has sat unread in the receive queue for %s (unread)",
+				who, e.ClientAddr, e.Server, human(f["age_seconds"].(float64)))
+		}
+		return fmt.Sprintf("%s from %s %s to %s %s, no answer for %s (%s)",
+			what, who, e.ClientAddr, e.Server, acked, human(f["age_seconds"].(float64)), f["state"])
 	case KindStallEnd:
 		return fmt.Sprintf("stalled %s from %s %s to %s ended after %s: %s",
-			f["phase"], who, e.ClientAddr, e.Server, human(f["duration_seconds"].(float64)), f["outcome"])
+			what, who, e.ClientAddr, e.Server, human(f["duration_seconds"].(float64)), f["outcome"])
 	case KindRelease:
-		return fmt.Sprintf("request from %s %s to %s answered after %s, %s after the server idle-closed a sibling connection (%s): server workers held by idle persistent connections",
-			who, e.ClientAddr, e.Server, human(f["stalled_seconds"].(float64)),
+		return fmt.Sprintf("%s from %s %s to %s answered after %s, %s after the server idle-closed a sibling connection (%s): server workers held by idle persistent connections",
+			what, who, e.ClientAddr, e.Server, human(f["stalled_seconds"].(float64)),
 			human(f["after_close_seconds"].(float64)), f["sibling_client_addr"])
 	case KindRace:
 		return fmt.Sprintf("idle-close race %s on %s %s to %s (idle %s)",
 			f["race_kind"], who, e.ClientAddr, e.Server, human(f["idle_age_seconds"].(float64)))
 	case KindTLSAlert:
-		return fmt.Sprintf("TLS alert from the %s on %s to %s (TLS %s)", f["direction"], e.ClientAddr, e.Server, f["tls_version"])
+		return fmt.Sprintf("TLS alert from the %s on %s %s to %s (TLS %s)", f["direction"], who, e.ClientAddr, e.Server, f["tls_version"])
 	case KindClose:
-		return fmt.Sprintf("connection %s to %s closed by the %s (%s)%s", e.ClientAddr, e.Server, f["initiator"], f["how"],
+		return fmt.Sprintf("connection of %s %s to %s closed by the %s (%s)%s", who, e.ClientAddr, e.Server, f["initiator"], f["how"],
 			map[bool]string{true: " with an exchange open", false: ""}[f["open_exchange"] == true])
 	case KindPoolAboveLimit:
 		return fmt.Sprintf("%d connections open to %s, it advertises Max-Connections %d",

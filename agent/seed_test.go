@@ -45,9 +45,10 @@ func TestSeedTimeline(t *testing.T) {
 	h.obs(observe.Answer, flowA, clock("07:25:39.750"))
 	h.obs(observe.TLSAlert, flowC, clock("07:25:43.219"), fromServer)
 	h.obs(observe.FIN, flowC, clock("07:25:43.219"), fromServer)
+	h.sweep(clock("07:25:45.000"))
 
-	h.wantKinds("pool_above_server_limit stall:acked_silent tls_alert:server close:server " +
-		"stall_end:acked_silent:answered release tls_alert:server close:server")
+	h.wantKinds("pool_above_server_limit stall:acked_silent tls_alert:server " +
+		"stall_end:acked_silent:answered release tls_alert:server close:server close:server")
 
 	var lines []string
 	for _, e := range h.events {

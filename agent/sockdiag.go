@@ -19,9 +19,12 @@ type Socket struct {
 	// Times since the last data sent and received, and the last ACK
 	// received (tcp_info, millisecond resolution).
 	SinceSent, SinceRecv, SinceAckRecv time.Duration
-	Inode                              uint32
-	PID                                uint32
-	Comm                               string
+	// BytesAcked (the SYN counts one) and BytesReceived tell a fresh
+	// connection whose first flight is unanswered.
+	BytesAcked, BytesReceived uint64
+	Inode                     uint32
+	PID                       uint32
+	Comm                      string
 }
 
 // diagTracker turns successive sock_diag snapshots into observations.
@@ -31,17 +34,50 @@ type Socket struct {
 // recently than it received any.
 type diagTracker struct {
 	exchanges bool // the fallback source: derive exchanges too
-	known     map[observe.Flow]*diagState
+	known     map[diagKey]*diagState
+}
+
+// diagKey: on loopback, or between local namespaces, both ends of a flow
+// are in the snapshot.
+type diagKey struct {
+	flow      observe.Flow
+	clientEnd bool
 }
 
 type diagState struct {
 	open, acked bool
 	seen        bool // in the current snapshot
 	dir         observe.Direction
+	state       int
+	fin         [2]bool // FIN inferred from the states: client, server
+}
+
+// TCP states where a side has sent its FIN (include/net/tcp_states.h).
+const (
+	tcpFinWait1 = 4
+	tcpFinWait2 = 5
+	tcpTimeWait = 6
+	tcpLastAck  = 9
+	tcpClosing  = 11
+)
+
+// finFrom says which sides have sent a FIN, from one end's state: this
+// end's own FIN (FIN_WAIT, TIME_WAIT, CLOSING, LAST_ACK) and the peer's
+// (CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSING).
+func finFrom(state int) (own, peer bool) {
+	switch state {
+	case tcpFinWait1, tcpFinWait2:
+		return true, false
+	case tcpTimeWait, tcpClosing, tcpLastAck:
+		return true, true
+	case observe.TCPCloseWait:
+		return false, true
+	}
+	return false, false
 }
 
 func newDiagTracker(exchanges bool) *diagTracker {
-	return &diagTracker{exchanges: exchanges, known: map[observe.Flow]*diagState{}}
+	return &diagTracker{exchanges: exchanges, known: map[diagKey]*diagState{}}
 }
 
 // update compares a snapshot taken at now with the previous ones and
@@ -56,23 +92,52 @@ func (d *diagTracker) update(now time.Time, sockets []Socket, out func(observe.O
 			dir = observe.ToServer
 		}
 		base := observe.Observation{Source: observe.SourceSockDiag, Time: now, Flow: s.Flow, Dir: dir}
-		st, ok := d.known[s.Flow]
+		key := diagKey{s.Flow, s.ClientEnd}
+		st, ok := d.known[key]
 		if !ok {
 			st = &diagState{dir: dir}
-			d.known[s.Flow] = st
+			d.known[key] = st
 			o := base
 			o.Kind, o.OldState, o.NewState, o.PID, o.Comm = observe.State, 0, s.State, s.PID, s.Comm
 			o.Ref = now.Add(-min(s.SinceSent, s.SinceRecv))
 			out(o)
 		}
 		st.seen = true
+		if st.state != s.State {
+			if st.state != 0 {
+				o := base
+				o.Kind, o.OldState, o.NewState = observe.State, st.state, s.State
+				out(o)
+			}
+			st.state = s.State
+			// A FIN seen through the states, with the polling resolution.
+			own, peer := finFrom(s.State)
+			ownSide, peerSide := observe.ToServer, observe.ToClient // this end is the client
+			if !s.ClientEnd {
+				ownSide, peerSide = observe.ToClient, observe.ToServer
+			}
+			for _, f := range []struct {
+				sent bool
+				dir  observe.Direction
+			}{{peer, peerSide}, {own, ownSide}} {
+				if f.sent && !st.fin[f.dir] {
+					st.fin[f.dir] = true
+					o := base
+					o.Kind, o.Dir = observe.FIN, f.dir
+					out(o)
+				}
+			}
+		}
 		info := base
 		info.Kind, info.RQueue, info.Unacked, info.Retrans = observe.SocketInfo, s.RQueue, s.Unacked, s.Retrans
 		out(info)
 		if !d.exchanges || !s.ClientEnd {
 			continue
 		}
-		open := s.SinceSent < s.SinceRecv
+		// Sent more recently than received; or, on a fresh connection, sent
+		// and nothing received yet (both timers start at the handshake).
+		open := s.SinceSent < s.SinceRecv ||
+			s.BytesReceived == 0 && s.BytesAcked+uint64(s.Unacked) > 1 && s.SinceSent <= s.SinceRecv
 		switch {
 		case open && !st.open:
 			st.open, st.acked = true, false
@@ -95,11 +160,11 @@ func (d *diagTracker) update(now time.Time, sockets []Socket, out func(observe.O
 			out(o)
 		}
 	}
-	for flow, st := range d.known {
+	for key, st := range d.known {
 		if !st.seen {
-			delete(d.known, flow)
+			delete(d.known, key)
 			out(observe.Observation{Kind: observe.State, Source: observe.SourceSockDiag, Time: now,
-				Flow: flow, Dir: st.dir, NewState: observe.TCPClose})
+				Flow: key.flow, Dir: st.dir, OldState: st.state, NewState: observe.TCPClose})
 		}
 	}
 }

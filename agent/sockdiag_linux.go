@@ -100,6 +100,7 @@ func (d *SockDiag) socket(r *netlink.InetDiagTCPInfoResp) (Socket, bool) {
 		ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
 		s.Unacked, s.Retrans = ti.Unacked, ti.Total_retrans
 		s.SinceSent, s.SinceRecv, s.SinceAckRecv = ms(ti.Last_data_sent), ms(ti.Last_data_recv), ms(ti.Last_ack_recv)
+		s.BytesAcked, s.BytesReceived = ti.Bytes_acked, ti.Bytes_received
 	}
 	return s, true
 }

@@ -84,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	probe := registerProbe(app)
 	check := registerCheck(app)
 	agentC := registerAgent(app)
+	demo := registerDemo(app)
+	work := registerWorkload(app)
 
 	cmd, err := app.Parse(args)
 	if err != nil {
@@ -107,6 +109,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		return finish(stderr, lab.run(ctx, logger.Named("lab"), stdout))
 	case probe.cmd.FullCommand():
 		return finish(stderr, probe.run(ctx, stdout))
+	case demo.cmd.FullCommand():
+		return finish(stderr, demo.run(ctx, logger, stdout))
+	case work.cmd.FullCommand():
+		return finish(stderr, work.run(ctx, logger.Named("workload")))
 	case agentC.cmd.FullCommand():
 		return finish(stderr, agentC.run(ctx, logger))
 	case check.cmd.FullCommand():

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -242,4 +244,49 @@ func TestCheckCommand(t *testing.T) {
 			t.Errorf("hook %s not attached: %s", h, out.String())
 		}
 	}
+}
+
+// TestDemo runs the demo briefly on both sources: the hang is caught,
+// explained as a release, and summed up per server.
+func TestDemo(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, source := range []string{"bpf", "sockdiag"} {
+		t.Run(source, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(context.Background(), []string{"demo", "--duration", "22s", "--listen", "127.0.0.1:0",
+				"--idle-timeout", "6s", "--stall-threshold", "2s", "--web.listen-address", "127.0.0.1:0",
+				"--source", source}, &out, &errb)
+			text := out.String()
+			if code != 0 {
+				t.Fatalf("exit %d\n%s\n%s", code, text, errb.String())
+			}
+			wants := []string{"no answer for", "(acked_silent)", "SERVER", "source: " + source}
+			if source == "bpf" {
+				// sock_diag polls: it sees the stall, but the closes that
+				// release it come and go between two polls.
+				wants = append(wants, "after the server idle-closed a sibling connection",
+					"server workers held by idle persistent connections")
+			}
+			for _, want := range wants {
+				if !strings.Contains(text, want) {
+					t.Errorf("output lacks %q:\n%s\n%s", want, text, errb.String())
+				}
+			}
+			if source == "sockdiag" && !strings.Contains(text, "runs on sock_diag") {
+				t.Errorf("the demo does not say it runs on sock_diag:\n%s", text)
+			}
+		})
+	}
+}
+
+// TestMain lets the test binary stand in for icapwatch when the demo
+// starts its application as a child process (`scanapp workload ...`).
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "workload" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
 }

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/hashicorp/go-hclog"
+	"github.com/icapwatch/icapwatch/agent"
+	"github.com/icapwatch/icapwatch/icap"
+	"github.com/icapwatch/icapwatch/internal/workload"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// demoCmd is `icapwatch demo`: lab server, workload and agent on loopback.
+type demoCmd struct {
+	cmd         *kingpin.CmdClause
+	duration    time.Duration
+	listen      string
+	workers     int
+	idleTimeout time.Duration
+	conns       int
+	seed        uint64
+	cfg         agent.DaemonConfig
+}
+
+func registerDemo(app *kingpin.Application) *demoCmd {
+	d := &demoCmd{cmd: app.Command("demo", "Show the seed's hang being caught: the lab server (2 workers, 20 s idle timeout), an application whose pool is larger, and the agent, on loopback."),
+		cfg: agent.DefaultDaemonConfig()}
+	c := d.cmd
+	flag(c, "demo", "duration", "How long to run.").Default("90s").DurationVar(&d.duration)
+	flag(c, "demo", "listen", "The lab server's TLS address.").Default("127.0.0.1:11344").StringVar(&d.listen)
+	flag(c, "demo", "workers", "The lab server's workers.").Default("2").IntVar(&d.workers)
+	flag(c, "demo", "idle-timeout", "The lab server's idle timeout.").Default("20s").DurationVar(&d.idleTimeout)
+	flag(c, "demo", "conns", "The application's pool size; one more than the workers reproduces the seed.").Default("3").IntVar(&d.conns)
+	flag(c, "demo", "seed", "Seed of the application's random pauses and requests.").Default("1").Uint64Var(&d.seed)
+	flag(c, "demo", "source", "auto, bpf or sockdiag.").Default(agent.SourceAuto).EnumVar(&d.cfg.Source, agent.SourceAuto, agent.SourceBPF, agent.SourceSockDiag)
+	flag(c, "demo", "stall-threshold", "An exchange open this long is a stall.").Default("10s").DurationVar(&d.cfg.Correlator.StallThreshold)
+	flag(c, "demo", "web.listen-address", "Address for /metrics, the API and the landing page.").Default("127.0.0.1:9344").StringVar(&d.cfg.Web.ListenAddress)
+	return d
+}
+
+func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) error {
+	if d.duration <= 0 || d.workers < 1 || d.conns < 1 || d.idleTimeout <= 0 {
+		return usagef("--duration, --workers, --conns and --idle-timeout must be positive")
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.duration)
+	defer cancel()
+	// The timeline is the demo's output; logs only say what goes wrong,
+	// unless --log.level asks for more.
+	quiet := log.Named("demo")
+	if log.GetLevel() >= hclog.Info {
+		quiet = hclog.New(&hclog.LoggerOptions{Name: "demo", Level: hclog.Warn, Output: os.Stderr})
+	}
+
+	labCfg := icap.LabDefaults()
+	labCfg.Listen, labCfg.PlainListen = d.listen, ""
+	labCfg.Workers, labCfg.IdleTimeout = d.workers, d.idleTimeout
+	labCfg.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	// Handshakes cut when the demo ends are expected: the lab says only errors.
+	labCfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "lab", Level: hclog.Error, Output: os.Stderr})
+	lab, err := icap.StartLab(labCfg)
+	if err != nil {
+		return fmt.Errorf("lab server: %w", err)
+	}
+	defer lab.Shutdown(context.Background())
+	labAddr := lab.TLSAddr().(*net.TCPAddr)
+	target := fmt.Sprintf("icaps://%s/%s", labAddr, labCfg.Service)
+
+	start := time.Now()
+	var out sync.Mutex
+	say := func(format string, a ...any) {
+		out.Lock()
+		defer out.Unlock()
+		fmt.Fprintf(stdout, "%+7.1fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
+	}
+	cfg := d.cfg
+	cfg.Ports = []uint16{uint16(labAddr.Port)}
+	cfg.Interfaces = []string{"lo"}
+	cfg.Logger = quiet.Named("agent")
+	cfg.Canary = agent.CanaryConfig{Targets: []string{target}, Interval: 30 * time.Second, Insecure: true,
+		PoolSize: 1, MaxIdle: 2 * time.Second}
+	cfg.OnEvent = func(e agent.Event) { say("%s", e.Summary()) }
+	if err := cfg.Validate(); err != nil {
+		return usageError{err.Error()}
+	}
+	daemon, err := agent.NewDaemon(cfg)
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- daemon.Run(ctx) }()
+	var base string
+	select {
+	case a := <-daemon.Addr():
+		base = "http://" + a.String()
+	case err := <-done:
+		return err
+	}
+
+	fmt.Fprintf(stdout, "icapwatch demo, %v\n", d.duration)
+	fmt.Fprintf(stdout, "  lab server   %s  (%d workers, idle timeout %v; a connection holds its worker while open)\n",
+		target, d.workers, d.idleTimeout)
+	fmt.Fprintf(stdout, "  application  scanapp, a pool of %d connections: OPTIONS and RESPMOD (some with EICAR) in bursts\n", d.conns)
+	fmt.Fprintf(stdout, "  agent        %s/  metrics %s/metrics  events %s/api/v1/events  exchanges %s/api/v1/exchanges\n\n",
+		base, base, base, base)
+
+	// Wait for the source to be chosen before saying which.
+	for daemon.Source() == "" && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if src := daemon.Source(); src == agent.SourceBPF {
+		say("agent attached its eBPF hooks to lo: watching port %d", labAddr.Port)
+	} else {
+		say("eBPF is not available here (root or CAP_BPF is needed): the agent runs on sock_diag, with coarser timing")
+	}
+
+	wdone := make(chan error, 1)
+	go func() { wdone <- d.runWorkload(ctx, target, quiet) }()
+	say("the application starts: %d connections fill the %d workers, then every burst needs one more", d.conns-1, d.workers)
+
+	err = <-done
+	if werr := <-wdone; werr != nil && err == nil {
+		err = werr
+	}
+	fmt.Fprintln(stdout)
+	d.summary(stdout, daemon)
+	return err
+}
+
+// runWorkload runs the application as its own process named scanapp, as
+// a real one would be, so the agent sees its own PID and name; in this
+// process when that cannot be arranged.
+func (d *demoCmd) runWorkload(ctx context.Context, target string, log hclog.Logger) error {
+	args := []string{"workload", "--target", target, "--conns", strconv.Itoa(d.conns),
+		"--seed", strconv.FormatUint(d.seed, 10)}
+	if self, err := os.Executable(); err == nil {
+		dir, err := os.MkdirTemp("", "icapwatch-demo-")
+		if err == nil {
+			defer os.RemoveAll(dir)
+			app := filepath.Join(dir, "scanapp")
+			if os.Symlink(self, app) == nil {
+				cmd := exec.CommandContext(ctx, app, args...)
+				cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+				cmd.WaitDelay = 5 * time.Second
+				cmd.Stderr = os.Stderr
+				if err := cmd.Run(); err != nil && ctx.Err() == nil {
+					return fmt.Errorf("application: %w", err)
+				}
+				return nil
+			}
+		}
+	}
+	_, err := workload.Run(ctx, workload.Config{Target: target, Insecure: true, Conns: d.conns,
+		MinPause: 3 * time.Second, MaxPause: 8 * time.Second, Timeout: time.Minute, Seed: d.seed, Logger: log})
+	return err
+}
+
+// summary prints a table per server from the agent's metrics.
+func (d *demoCmd) summary(w io.Writer, daemon *agent.Daemon) {
+	mfs, err := daemon.Registry().Gather()
+	if err != nil {
+		fmt.Fprintf(w, "summary: %v\n", err)
+		return
+	}
+	type row struct {
+		answered                        uint64
+		gapSum                          float64
+		stalls, releases, races, alerts float64
+		closesByServer                  float64
+	}
+	rows := map[string]*row{}
+	get := func(server string) *row {
+		if rows[server] == nil {
+			rows[server] = &row{}
+		}
+		return rows[server]
+	}
+	label := func(m *dto.Metric, name string) string {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == name {
+				return l.GetValue()
+			}
+		}
+		return ""
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			server := label(m, "server")
+			if server == "" {
+				continue
+			}
+			r := get(server)
+			switch mf.GetName() {
+			case "icapwatch_exchange_duration_seconds":
+				r.answered += m.GetHistogram().GetSampleCount()
+				r.gapSum += m.GetHistogram().GetSampleSum()
+			case "icapwatch_stalls_total":
+				r.stalls += m.GetCounter().GetValue()
+			case "icapwatch_stall_releases_total":
+				r.releases += m.GetCounter().GetValue()
+			case "icapwatch_idle_close_races_total":
+				r.races += m.GetCounter().GetValue()
+			case "icapwatch_tls_alerts_total":
+				r.alerts += m.GetCounter().GetValue()
+			case "icapwatch_connection_closes_total":
+				if label(m, "initiator") == "server" {
+					r.closesByServer += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	servers := make([]string, 0, len(rows))
+	for s := range rows {
+		servers = append(servers, s)
+	}
+	sort.Strings(servers)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVER\tEXCHANGES\tMEAN GAP\tSTALLS\tRELEASES\tRACES\tTLS ALERTS\tSERVER CLOSES")
+	for _, s := range servers {
+		r := rows[s]
+		mean := "-"
+		if r.answered > 0 {
+			mean = (time.Duration(r.gapSum / float64(r.answered) * float64(time.Second))).Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\n", s, r.answered, mean, r.stalls, r.releases,
+			r.races, r.alerts, r.closesByServer)
+	}
+	tw.Flush()
+	if len(servers) == 0 {
+		fmt.Fprintln(w, "(no exchanges seen)")
+	}
+	fmt.Fprintf(w, "\nsource: %s. A release is a stalled request answered right after the server closed another\n"+
+		"connection: its workers were held by idle persistent connections.\n", daemon.Source())
+}
+
+// workloadCmd is the demo's application, run as its own process.
+type workloadCmd struct {
+	cmd *kingpin.CmdClause
+	cfg workload.Config
+}
+
+func registerWorkload(app *kingpin.Application) *workloadCmd {
+	w := &workloadCmd{cmd: app.Command("workload", "An application-like ICAP client for the demo.").Hidden()}
+	c := w.cmd
+	flag(c, "workload", "target", "ICAP service URL.").Required().StringVar(&w.cfg.Target)
+	flag(c, "workload", "conns", "Pool size.").Default("3").IntVar(&w.cfg.Conns)
+	flag(c, "workload", "seed", "Random seed.").Default("1").Uint64Var(&w.cfg.Seed)
+	flag(c, "workload", "min-pause", "Shortest pause between bursts.").Default("3s").DurationVar(&w.cfg.MinPause)
+	flag(c, "workload", "max-pause", "Longest pause between bursts.").Default("8s").DurationVar(&w.cfg.MaxPause)
+	return w
+}
+
+func (w *workloadCmd) run(ctx context.Context, log hclog.Logger) error {
+	w.cfg.Insecure, w.cfg.Timeout, w.cfg.Logger = true, time.Minute, log
+	_, err := workload.Run(ctx, w.cfg)
+	return err
+}
