@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +80,8 @@ func TestEndToEnd(t *testing.T) {
 	reuseAfterClose(t, labAddr.String(), labCfg.IdleTimeout)
 	time.Sleep(2 * time.Second) // the last events, tickets settled, a sweep
 
+	text := get(t, base+"/metrics")
+	promtoolCheck(t, text)
 	metrics := scrape(t, base+"/metrics")
 	want := func(name string, labels map[string]string, min float64) {
 		t.Helper()
@@ -220,4 +223,20 @@ func histCountOf(mfs map[string]*dto.MetricFamily, name string, labels map[strin
 		}
 	}
 	return total
+}
+
+// promtoolCheck runs `promtool check metrics` (Debian's prometheus
+// package, installed by make deps) on an exposition.
+func promtoolCheck(t *testing.T, exposition string) {
+	t.Helper()
+	path, err := exec.LookPath("promtool")
+	if err != nil {
+		testutil.SkipOrFail(t, "promtool not found (make deps installs it): %v", err)
+		return
+	}
+	cmd := exec.Command(path, "check", "metrics")
+	cmd.Stdin = strings.NewReader(exposition)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
 }

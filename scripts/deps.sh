@@ -6,7 +6,8 @@ set -euo pipefail
 # gcc: the race detector needs cgo. iproute2: network namespaces in tests.
 # clang-14, llvm-14 (llvm-strip), libbpf-dev and linux-libc-dev: make generate
 # builds the eBPF objects with exactly this compiler, so they do not drift.
-packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev)
+# prometheus: promtool checks the exported metrics (and later the rules).
+packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev prometheus)
 go_min=1.26
 
 missing=()
