@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS  := -s -w -X $(PKG)/internal/version.Version=$(VERSION) -X $(PKG)/internal/version.Revision=$(REVISION)
 FUZZTIME ?= 30s
-FUZZPKGS := ./icap ./bpf
+FUZZPKGS := ./icap ./bpf ./agent
 
 export PATH := $(PATH):/usr/local/go/bin
 
@@ -48,6 +48,15 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 			echo "fuzz $$pkg $$f"; $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 		done; \
 	done
+
+.PHONY: fixtures
+fixtures: ## Record the test captures in agent/testdata/captures (root; tcpdump, dumpcap).
+	$(GO) run ./scripts/fixtures -out agent/testdata/captures
+
+.PHONY: bench
+bench: build ## Benchmarks: correlator, capture analysis (and against tshark).
+	$(GO) test -run '^$$' -bench '^Benchmark(Correlator|Analyze)$$' -benchmem ./agent
+	scripts/bench-analyze.sh $(BIN)
 
 .PHONY: bench-bpf
 bench-bpf: ## Kernel cost: the classifier's ns per packet, watched and unwatched (root).

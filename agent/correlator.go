@@ -174,8 +174,19 @@ const (
 	closedIdle  = time.Minute
 )
 
+// Gap is one answered exchange.
+type Gap struct {
+	Server, ClientAddr, Phase string
+	Gap                       time.Duration
+	At                        time.Time // the answer
+}
+
 // Correlator is not safe for concurrent use: one goroutine feeds it.
 type Correlator struct {
+	// OnGap, when set, is told of every answered exchange (the offline
+	// report's percentiles).
+	OnGap func(Gap)
+
 	cfg     Config
 	m       *exporter.Metrics
 	emit    func(Event)
@@ -382,6 +393,9 @@ func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
 		gap := at.Sub(ex.start)
 		f.lastGap, f.answeredAt = gap, at
 		c.m.ExchangeDuration.WithLabelValues(f.srv.label, f.client, ex.phase.String()).Observe(gap.Seconds())
+		if c.OnGap != nil {
+			c.OnGap(Gap{Server: f.srv.label, ClientAddr: f.key.Client.String(), Phase: ex.phase.String(), Gap: gap, At: at})
+		}
 		if f.canary.Kind != 0 && f.canary.Time.Sub(at).Abs() <= canaryMatch {
 			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((f.canary.Gap - gap).Seconds())
 		}
@@ -480,8 +494,8 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 		f.closed, f.closeOpen = true, f.ex != nil
 		f.srv.open--
 	}
-	if f.closeHow != "rst" {
-		f.closeHow = how
+	if f.closeHow == "" {
+		f.closeHow = how // a reset after the FINs (unread bytes) does not change how it closed
 	}
 	c.noteClose(f, o.Dir, o.Time)
 	// Both sides have spoken, or a reset ended it: who closed first is
@@ -731,6 +745,18 @@ func (c *Correlator) Sweep(now time.Time) {
 		c.m.OldestOpenExchange.WithLabelValues(s.label).Set(age.Seconds())
 	}
 	c.m.FlowsTracked.Set(float64(len(c.flows)))
+}
+
+// Flush settles what waits for time to pass: answers held as possible
+// tickets count, and closes are reported. For the end of a capture, where
+// no more time will pass.
+func (c *Correlator) Flush() {
+	for _, f := range c.flows {
+		c.settle(f)
+		if f.closed {
+			c.reportClose(f)
+		}
+	}
 }
 
 func (c *Correlator) stall(f *flow, ex *exchange, now time.Time, state string) {

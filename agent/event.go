@@ -74,9 +74,12 @@ func seconds(d time.Duration) float64 {
 
 // Summary is the event in one line for people: what the demo prints.
 func (e Event) Summary() string {
-	who := e.Client
-	if e.PID != 0 {
-		who = fmt.Sprintf("%s (pid %d)", e.Client, e.PID)
+	who := e.Client + " " + e.ClientAddr
+	switch {
+	case e.PID != 0:
+		who = fmt.Sprintf("%s (pid %d) %s", e.Client, e.PID, e.ClientAddr)
+	case e.Client == ClientUnknown || e.Client == "":
+		who = e.ClientAddr
 	}
 	f := e.Fields
 	what := "request"
@@ -90,25 +93,29 @@ func (e Event) Summary() string {
 			acked = fmt.Sprintf("ACKed by the server %s after it was sent", human(v))
 		}
 		if f["state"] == StateUnread {
-			return fmt.Sprintf("answer to %s %s from %s has sat unread in the receive queue for %s (unread)",
-				who, e.ClientAddr, e.Server, human(f["age_seconds"].(float64)))
+			return fmt.Sprintf("answer to %s from %s has sat unread in the receive queue for %s (unread)",
+				who, e.Server, human(f["age_seconds"].(float64)))
 		}
-		return fmt.Sprintf("%s from %s %s to %s %s, no answer for %s (%s)",
-			what, who, e.ClientAddr, e.Server, acked, human(f["age_seconds"].(float64)), f["state"])
+		return fmt.Sprintf("%s from %s to %s %s, no answer for %s (%s)",
+			what, who, e.Server, acked, human(f["age_seconds"].(float64)), f["state"])
 	case KindStallEnd:
-		return fmt.Sprintf("stalled %s from %s %s to %s ended after %s: %s",
-			what, who, e.ClientAddr, e.Server, human(f["duration_seconds"].(float64)), f["outcome"])
+		return fmt.Sprintf("stalled %s from %s to %s ended after %s: %s",
+			what, who, e.Server, human(f["duration_seconds"].(float64)), f["outcome"])
 	case KindRelease:
-		return fmt.Sprintf("%s from %s %s to %s answered after %s, %s after the server idle-closed a sibling connection (%s): server workers held by idle persistent connections",
-			what, who, e.ClientAddr, e.Server, human(f["stalled_seconds"].(float64)),
-			human(f["after_close_seconds"].(float64)), f["sibling_client_addr"])
+		closed := "the server idle-closed"
+		if f["sibling_closed_by"] == "client" {
+			closed = "the client closed"
+		}
+		return fmt.Sprintf("%s from %s to %s answered after %s, %s after %s a sibling connection (%s): server workers held by idle persistent connections",
+			what, who, e.Server, human(f["stalled_seconds"].(float64)),
+			human(f["after_close_seconds"].(float64)), closed, f["sibling_client_addr"])
 	case KindRace:
-		return fmt.Sprintf("idle-close race %s on %s %s to %s (idle %s)",
-			f["race_kind"], who, e.ClientAddr, e.Server, human(f["idle_age_seconds"].(float64)))
+		return fmt.Sprintf("idle-close race %s on %s to %s (idle %s)",
+			f["race_kind"], who, e.Server, human(f["idle_age_seconds"].(float64)))
 	case KindTLSAlert:
-		return fmt.Sprintf("TLS alert from the %s on %s %s to %s (TLS %s)", f["direction"], who, e.ClientAddr, e.Server, f["tls_version"])
+		return fmt.Sprintf("TLS alert from the %s on %s to %s (TLS %s)", f["direction"], who, e.Server, f["tls_version"])
 	case KindClose:
-		return fmt.Sprintf("connection of %s %s to %s closed by the %s (%s)%s", who, e.ClientAddr, e.Server, f["initiator"], f["how"],
+		return fmt.Sprintf("connection of %s to %s closed by the %s (%s)%s", who, e.Server, f["initiator"], f["how"],
 			map[bool]string{true: " with an exchange open", false: ""}[f["open_exchange"] == true])
 	case KindPoolAboveLimit:
 		return fmt.Sprintf("%d connections open to %s, it advertises Max-Connections %d",

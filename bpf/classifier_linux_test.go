@@ -88,7 +88,15 @@ func (c *conn) handshake() *conn {
 	return c.client(fSYN, nil).server(fSYN|fACK, nil).client(fACK, nil)
 }
 
-func TestClassifier(t *testing.T) {
+// classifierCase is a sequence of frames and the events it must give.
+type classifierCase struct {
+	name  string
+	steps []step
+	want  []want
+	stats func(Stats) string
+}
+
+func classifierCases() []classifierCase {
 	tls12 := func(cli, srv netip.AddrPort) *conn {
 		return newConn(cli, srv).handshake().
 			client(fACK|fPSH, tlsRecord(0x16, 200)).                            // ClientHello
@@ -114,12 +122,7 @@ func TestClassifier(t *testing.T) {
 			client(fACK|fFIN, nil)                                              // ... then FIN
 	}
 
-	for _, tc := range []struct {
-		name  string
-		steps []step
-		want  []want
-		stats func(Stats) string
-	}{
+	return []classifierCase{
 		{
 			name:  "tls12 ipv4",
 			steps: tls12(cli4, srv4).steps,
@@ -256,7 +259,11 @@ func TestClassifier(t *testing.T) {
 				{typ: EventAnswer, dir: ToClient, phase: PhaseRequest},
 			},
 		},
-	} {
+	}
+}
+
+func TestClassifier(t *testing.T) {
+	for _, tc := range classifierCases() {
 		for _, output := range []string{OutputPerf, OutputRing} {
 			t.Run(tc.name+"/"+output, func(t *testing.T) {
 				p := loadForRun(t, output)

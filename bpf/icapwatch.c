@@ -613,11 +613,13 @@ static __always_inline int classify(struct __sk_buff *skb, __u8 hook)
 	bit = 1 << (dir & 1);
 
 	if (s.flags & TH_RST) {
+		/*
+		 * The flow stays (the socket's CLOSE or the LRU removes it), so
+		 * that the reset's second sighting is known for one.
+		 */
 		packet_event(ev, &key, EV_RST, dir, hook, skb->ifindex, now, s.seq, s.ack, s.len);
 		ev->flags = flow_flags(f);
 		emit(skb, ev);
-		if (bpf_map_delete_elem(&flows, &key) == 0)
-			count(CNT_FLOWS_DELETED);
 		return TC_ACT_UNSPEC;
 	}
 

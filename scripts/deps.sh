@@ -7,7 +7,9 @@ set -euo pipefail
 # clang-14, llvm-14 (llvm-strip), libbpf-dev and linux-libc-dev: make generate
 # builds the eBPF objects with exactly this compiler, so they do not drift.
 # prometheus: promtool checks the exported metrics (and later the rules).
-packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev prometheus)
+# tcpdump, tshark: make fixtures records test captures; make bench times tshark.
+packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev prometheus
+	tcpdump tshark)
 go_min=1.26
 
 missing=()

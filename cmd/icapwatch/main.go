@@ -86,6 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	agentC := registerAgent(app)
 	demo := registerDemo(app)
 	work := registerWorkload(app)
+	analyze := registerAnalyze(app)
 
 	cmd, err := app.Parse(args)
 	if err != nil {
@@ -109,6 +110,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		return finish(stderr, lab.run(ctx, logger.Named("lab"), stdout))
 	case probe.cmd.FullCommand():
 		return finish(stderr, probe.run(ctx, stdout))
+	case analyze.cmd.FullCommand():
+		return finish(stderr, analyze.run(stdout, stderr))
 	case demo.cmd.FullCommand():
 		return finish(stderr, demo.run(ctx, logger, stdout))
 	case work.cmd.FullCommand():

@@ -290,3 +290,35 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+func TestAnalyzeCommand(t *testing.T) {
+	capture := filepath.Join("..", "..", "agent", "testdata", "captures", "seed-tls13.pcap")
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		out  []string
+	}{
+		{"report", []string{"analyze", "--ports", "21344", "--stall-threshold", "1s", capture}, 0,
+			[]string{"server 127.0.0.1:21344", "(acked_silent)", "server workers held by idle persistent connections", "GAP P50"}},
+		{"json", []string{"analyze", "--ports", "21344", "--stall-threshold", "1s", "--json", capture}, 0,
+			[]string{`"kind":"release"`, `"kind":"stall"`}},
+		{"other ports", []string{"analyze", capture}, 0, []string{"no exchange on the watched ports"}},
+		{"not a capture", []string{"analyze", "main.go"}, 1, nil},
+		{"missing file", []string{"analyze", "nothing.pcap"}, 2, nil},
+		{"bad server", []string{"analyze", "--server", "x", capture}, 2, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(context.Background(), tc.args, &out, &errb)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tc.code, out.String(), errb.String())
+			}
+			for _, want := range tc.out {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+		})
+	}
+}
