@@ -294,13 +294,13 @@ func (c *Correlator) Observe(o observe.Observation) {
 		c.m.ServerIdleTimeout.WithLabelValues(s.label).Set(o.IdleTimeout.Seconds())
 		return
 	case observe.CanaryAnswer:
-		// The canary and the kernel report the same answer in either order.
-		if f, ok := c.flows[o.Flow]; ok {
-			if f.lastGap > 0 && (o.Time.Sub(f.answeredAt)).Abs() <= canaryMatch {
-				c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((o.Gap - f.lastGap).Seconds())
-			} else {
-				f.canary = o
-			}
+		// The canary and the kernel report the same answer in either order;
+		// the canary's often comes first, before the kernel has shown the flow.
+		f := c.lookup(o.Flow, o.Time)
+		if f.lastGap > 0 && (o.Time.Sub(f.answeredAt)).Abs() <= canaryMatch {
+			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((o.Gap - f.lastGap).Seconds())
+		} else {
+			f.canary = o
 		}
 		return
 	}

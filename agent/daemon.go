@@ -273,6 +273,11 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 	}
 	d.mu.Unlock()
 	d.m.Source.WithLabelValues(source).Set(1)
+	// Zero matters for rate() and increase(): the series exist from the start.
+	for _, src := range []string{source, observe.SourceCanary.String()} {
+		d.m.Events.WithLabelValues(src)
+		d.m.EventsLost.WithLabelValues(src)
+	}
 	for _, h := range d.hooks {
 		v := 0.0
 		if h.Attached {

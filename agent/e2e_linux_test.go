@@ -9,10 +9,12 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/icapwatch/icapwatch/deploy"
 	"github.com/icapwatch/icapwatch/icap"
 	"github.com/icapwatch/icapwatch/internal/testutil"
 	"github.com/icapwatch/icapwatch/internal/workload"
@@ -45,6 +47,10 @@ func TestEndToEnd(t *testing.T) {
 	cfg.Correlator.StallThreshold = 2 * time.Second
 	cfg.SweepInterval = 200 * time.Millisecond
 	cfg.Web.ListenAddress = "127.0.0.1:0"
+	// The canary keeps its connection past the lab's idle timeout, to see
+	// the server's idle close.
+	cfg.Canary = CanaryConfig{Targets: []string{target}, Interval: 5 * time.Second, Insecure: true,
+		PoolSize: 1, MaxIdle: 6 * time.Second}
 	d, err := NewDaemon(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +105,17 @@ func TestEndToEnd(t *testing.T) {
 	answered := float64(st.Requests - st.Failed)
 	if got := histCountOf(metrics, "icapwatch_exchange_duration_seconds", map[string]string{"phase": "request"}); got < answered {
 		t.Errorf("gap histogram counts %v request exchanges, the workload had %v answered (and one more OPTIONS)", got, answered)
+	}
+
+	// The dashboard and the alert rules use only metrics the agent exports.
+	exprs, err := deploy.Expressions(filepath.Join("..", "deploy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range deploy.MetricNames(exprs) {
+		if metrics[name] == nil {
+			t.Errorf("the dashboard or the rules use %s, which the agent did not export", name)
+		}
 	}
 
 	var api struct {
