@@ -73,6 +73,15 @@ lint: ## gofmt, go vet, staticcheck and a tidy go.mod.
 demo: build ## The main job: icapwatch demo, the seed's hang caught live (run as root for eBPF).
 	$(BIN) demo
 
+IMAGE ?= ghcr.io/icapwatch/icapwatch:$(VERSION)
+ENGINE ?= $(shell command -v docker || command -v podman)
+
+.PHONY: image
+image: ## Build the container image (docker or podman with a running engine).
+	@if [ -z "$(ENGINE)" ] || ! $(ENGINE) info >/dev/null 2>&1; then \
+		echo "image: no container engine is running here (docker or podman)"; exit 1; fi
+	$(ENGINE) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE) .
+
 .PHONY: clean
 clean: ## Remove build output.
 	rm -rf bin dist

@@ -40,37 +40,12 @@ func TestEndToEnd(t *testing.T) {
 	labAddr := lab.TLSAddr().(*net.TCPAddr)
 	target := fmt.Sprintf("icaps://%s/%s", labAddr, labCfg.Service)
 
-	cfg := DefaultDaemonConfig()
-	cfg.Ports = []uint16{uint16(labAddr.Port)}
-	cfg.Interfaces = []string{"lo"}
-	cfg.Source = SourceBPF
-	cfg.Correlator.StallThreshold = 2 * time.Second
-	cfg.SweepInterval = 200 * time.Millisecond
-	cfg.Web.ListenAddress = "127.0.0.1:0"
+	cfg := loopbackAgent(labAddr.Port)
 	// The canary keeps its connection past the lab's idle timeout, to see
 	// the server's idle close.
 	cfg.Canary = CanaryConfig{Targets: []string{target}, Interval: 5 * time.Second, Insecure: true,
 		PoolSize: 1, MaxIdle: 6 * time.Second}
-	d, err := NewDaemon(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("agent did not stop within 5s")
-		}
-	}()
-	base := "http://" + (<-d.Addr()).String()
-	waitReady(t, base)
+	base := startDaemon(t, cfg)
 
 	// The seed: bursts that need a third connection behind two idle ones.
 	wctx, wcancel := context.WithTimeout(context.Background(), 13*time.Second)
@@ -161,6 +136,42 @@ func reuseAfterClose(t *testing.T, addr string, idle time.Duration) {
 	}
 	time.Sleep(idle + time.Second)
 	io.WriteString(c, opts) // the server has closed: this is the race
+}
+
+// loopbackAgent is an agent on lo with real eBPF and short thresholds.
+func loopbackAgent(port int) DaemonConfig {
+	cfg := DefaultDaemonConfig()
+	cfg.Ports, cfg.Interfaces, cfg.Source = []uint16{uint16(port)}, []string{"lo"}, SourceBPF
+	cfg.Correlator.StallThreshold, cfg.SweepInterval = 2*time.Second, 200*time.Millisecond
+	cfg.Web.ListenAddress = "127.0.0.1:0"
+	return cfg
+}
+
+// startDaemon runs the agent until the test ends, when it must stop
+// within 5 s; it returns the agent's base URL once it is ready.
+func startDaemon(t *testing.T, cfg DaemonConfig) string {
+	t.Helper()
+	d, err := NewDaemon(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("agent: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("agent did not stop within 5s")
+		}
+	})
+	base := "http://" + (<-d.Addr()).String()
+	waitReady(t, base)
+	return base
 }
 
 func waitReady(t *testing.T, base string) {

@@ -322,3 +322,32 @@ func TestAnalyzeCommand(t *testing.T) {
 		})
 	}
 }
+
+// TestDeployEnvironmentNamesFlags: every variable the systemd environment
+// file and the Kubernetes ConfigMap set (or suggest) is a flag's.
+func TestDeployEnvironmentNamesFlags(t *testing.T) {
+	var help bytes.Buffer
+	run(context.Background(), []string{"agent", "--help"}, &help, &help)
+	known := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\$(ICAPWATCH_[A-Z0-9_]+)`).FindAllStringSubmatch(help.String(), -1) {
+		known[m[1]] = true
+	}
+	if len(known) < 15 {
+		t.Fatalf("only %d environment variables in agent --help", len(known))
+	}
+	for _, file := range []string{"../../deploy/systemd/icapwatch.env", "../../deploy/kubernetes/configmap.yaml"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := regexp.MustCompile(`\b(ICAPWATCH_[A-Z0-9_]+)\s*[=:]`).FindAllStringSubmatch(string(b), -1)
+		if len(names) < 5 {
+			t.Errorf("%s: only %d variables", file, len(names))
+		}
+		for _, m := range names {
+			if !known[m[1]] {
+				t.Errorf("%s sets %s, which is no flag's variable", file, m[1])
+			}
+		}
+	}
+}
