@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,14 +55,20 @@ func TestPrometheusAlertFires(t *testing.T) {
 		client.Close()
 		lab.Shutdown(context.Background())
 	}()
-	burst := func(n int) {
-		for i := 0; i < n; i++ {
-			go client.Options(context.Background())
-		}
+	var fill sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		fill.Add(1)
+		go func() {
+			defer fill.Done()
+			if _, _, _, err := client.Options(context.Background()); err != nil {
+				t.Errorf("filling the pool: %v", err)
+			}
+		}()
 	}
-	burst(2)
-	time.Sleep(500 * time.Millisecond)
-	burst(3)
+	fill.Wait()
+	for i := 0; i < 3; i++ {
+		go client.Options(context.Background())
+	}
 
 	seen := map[string]bool{}
 	deadline := time.Now().Add(90 * time.Second)
@@ -83,7 +90,12 @@ func TestPrometheusAlertFires(t *testing.T) {
 		}
 	}
 	if !seen["pending"] || !seen["firing"] {
-		t.Fatalf("ICAPRequestStalled states seen: %v; want pending, then firing", seen)
+		var stalled struct {
+			Data struct{ Result []any }
+		}
+		promGet(t, prom, "/api/v1/query", url.Values{"query": {"icapwatch_stalled_exchanges"}}, &stalled)
+		t.Fatalf("ICAPRequestStalled states seen: %v; want pending, then firing.\nPrometheus has icapwatch_stalled_exchanges: %v\nthe agent's events: %s",
+			seen, stalled.Data.Result, get(t, base+"/api/v1/events"))
 	}
 	var q struct {
 		Data struct{ Result []any }
