@@ -194,6 +194,8 @@ type Correlator struct {
 	servers map[netip.AddrPort]*server
 	other   *server
 	canary  map[netip.AddrPort]bool // local addresses of the canary's connections
+	// nextStall is when the earliest open exchange crosses the threshold.
+	nextStall time.Time
 }
 
 // New returns a correlator that updates m and hands each event to emit.
@@ -361,6 +363,9 @@ func (c *Correlator) start(f *flow, o observe.Observation) {
 	}
 	f.lastData = o.Time
 	f.ex = ex
+	if at := o.Time.Add(c.cfg.StallThreshold); c.nextStall.IsZero() || at.Before(c.nextStall) {
+		c.nextStall = at
+	}
 	if f.serverFIN {
 		c.race(f, ex, RaceReuseAfterClose, o.Time, f.serverCloseAt.Sub(o.Time))
 	}
@@ -704,6 +709,7 @@ func (c *Correlator) event(f *flow, at time.Time, kind string, fields map[string
 // answers that waited for a possible ticket, and updates the gauges.
 // The agent calls it every second with its clock.
 func (c *Correlator) Sweep(now time.Time) {
+	c.nextStall = time.Time{}
 	oldest := map[*server]time.Duration{}
 	for _, s := range c.servers {
 		oldest[s] = 0
@@ -727,6 +733,10 @@ func (c *Correlator) Sweep(now time.Time) {
 			if age > oldest[f.srv] {
 				oldest[f.srv] = age
 			}
+			if at := ex.start.Add(c.cfg.StallThreshold); !ex.stalled && age < c.cfg.StallThreshold &&
+				(c.nextStall.IsZero() || at.Before(c.nextStall)) {
+				c.nextStall = at
+			}
 			if !ex.stalled && age >= c.cfg.StallThreshold {
 				// sock_diag, where it runs, has the last word on the ACK.
 				state := StateUnacked
@@ -746,6 +756,10 @@ func (c *Correlator) Sweep(now time.Time) {
 	}
 	c.m.FlowsTracked.Set(float64(len(c.flows)))
 }
+
+// NextStall is when the earliest open exchange will cross the stall
+// threshold (zero when none is open): a sweep then finds it at once.
+func (c *Correlator) NextStall() time.Time { return c.nextStall }
 
 // Flush settles what waits for time to pass: answers held as possible
 // tickets count, and closes are reported. For the end of a capture, where

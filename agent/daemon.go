@@ -207,22 +207,36 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 	}
 
-	tick := time.NewTicker(d.cfg.SweepInterval)
+	// The sweep runs every interval, and also when an exchange is due to
+	// cross the threshold, so a stall shows at once rather than up to an
+	// interval late.
+	tick := time.NewTimer(d.cfg.SweepInterval)
 	defer tick.Stop()
+	next := time.Now().Add(d.cfg.SweepInterval)
 	var lost uint64
 	for {
 		select {
 		case o := <-obs:
 			d.mu.Lock()
 			d.corr.Observe(o)
+			due := d.corr.NextStall()
 			d.mu.Unlock()
+			if !due.IsZero() && due.Before(next) {
+				next = due
+				tick.Reset(time.Until(next))
+			}
 		case now := <-tick.C:
 			d.mu.Lock()
 			if err := diag.Poll(now, d.corr.Observe); err != nil {
 				d.log.Warn("sock_diag poll failed", "error", err)
 			}
 			d.corr.Sweep(now)
+			next = now.Add(d.cfg.SweepInterval)
+			if due := d.corr.NextStall(); !due.IsZero() && due.Before(next) {
+				next = due
+			}
 			d.mu.Unlock()
+			tick.Reset(time.Until(next))
 			if probe != nil {
 				if st, err := probe.Stats(); err == nil && st.EventsLost > lost {
 					d.m.EventsLost.WithLabelValues(SourceBPF).Add(float64(st.EventsLost - lost))
