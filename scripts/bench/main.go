@@ -1,0 +1,353 @@
+// Command bench measures what the agent costs on this machine, as ratios
+// taken in one run: the observer effect on ICAP-over-TLS requests (no
+// agent, the agent, tcpdump, alternating), the agent's CPU and memory at
+// a fixed request rate, and how long after a stall crosses the threshold
+// the metric shows it. make bench runs it and appends the Go benchmarks.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/icapwatch/icapwatch/icap"
+)
+
+func main() {
+	bin := flag.String("bin", "bin/icapwatch", "the icapwatch binary")
+	out := flag.String("out", "bench-results.md", "markdown results file")
+	requests := flag.Int("requests", 10000, "requests per observer-effect round")
+	concurrency := flag.Int("concurrency", 8, "concurrent requests")
+	rounds := flag.Int("rounds", 5, "rounds of each mode, alternating")
+	flag.Parse()
+
+	lab := startLab(0, 0)
+	defer lab.Shutdown(context.Background())
+	target := fmt.Sprintf("icaps://%s/SYMCScanResp-AV", lab.TLSAddr())
+	port := lab.TLSAddr().(*net.TCPAddr).Port
+
+	var md strings.Builder
+	fmt.Fprintf(&md, "## Results (%s, %s)\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel())
+
+	// 1. Observer effect.
+	modes := []string{"none", "agent", "tcpdump"}
+	results := map[string][]load{}
+	source := ""
+	for r := 0; r < *rounds; r++ {
+		for i := range modes {
+			mode := modes[(i+r)%len(modes)] // rotate the order every round
+			stop, src := startObserver(*bin, mode, port)
+			if src != "" {
+				source = src
+			}
+			l := runLoad(target, *concurrency, *requests, 0)
+			stop()
+			results[mode] = append(results[mode], l)
+			log.Printf("observer %-8s round %d: %.0f req/s p50 %v p99 %v", mode, r+1, l.rate, l.p50, l.p99)
+		}
+	}
+	base := median(results["none"])
+	fmt.Fprintf(&md, "### 1. Observer effect (%d requests x %d rounds, concurrency %d, loopback TLS; agent source: %s)\n\n",
+		*requests, *rounds, *concurrency, source)
+	fmt.Fprintln(&md, "| mode | throughput (req/s) | vs none | p50 | p99 | p99 vs none |\n|---|---|---|---|---|---|")
+	for _, mode := range modes {
+		m := median(results[mode])
+		fmt.Fprintf(&md, "| %s | %.0f | %.3f | %v | %v | %+.1f%% |\n", mode, m.rate, m.rate/base.rate,
+			m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), 100*(float64(m.p99)/float64(base.p99)-1))
+	}
+	fmt.Fprintln(&md, "\nTargets: throughput with the agent >= 0.98 of without, p99 up by <= 3%, better than tcpdump.")
+
+	// 4. Footprint at a fixed rate.
+	fp := footprint(*bin, port, target, 1000, 10*time.Second)
+	fmt.Fprintf(&md, "\n### 4. Agent footprint at %.0f requests/s for 10 s\n\n", fp.rate)
+	fmt.Fprintf(&md, "| CPU (share of one core) | RSS |\n|---|---|\n| %.2f%% | %.1f MiB |\n", 100*fp.cpu, fp.rssMiB)
+	fmt.Fprintln(&md, "\nTarget: <= 2% of one core at 1,000 requests/s. Flow-table memory: see the correlator benchmarks below.")
+
+	// 5. Detection latency.
+	lat := detection(*bin, 3)
+	fmt.Fprintf(&md, "\n### 5. Detection latency (stall threshold 2 s, %d stalls)\n\n", len(lat))
+	fmt.Fprintln(&md, "| stall | metric visible after the threshold |\n|---|---|")
+	for i, d := range lat {
+		fmt.Fprintf(&md, "| %d | %v |\n", i+1, d.Round(time.Millisecond))
+	}
+	fmt.Fprintln(&md, "\nTarget: <= 1 s after the threshold (the agent sweeps when an exchange is due).")
+
+	if err := os.WriteFile(*out, []byte(md.String()), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Print(md.String())
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	syscall.Uname(&u)
+	var b []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return "kernel " + string(b)
+}
+
+func startLab(stallEvery int, stallFor time.Duration) *icap.Lab {
+	cfg := icap.LabDefaults()
+	cfg.Listen, cfg.PlainListen = "127.0.0.1:0", ""
+	cfg.Workers, cfg.MaxConnections = 64, 64
+	cfg.StallEvery, cfg.StallFor = stallEvery, stallFor
+	if stallFor == 0 {
+		cfg.StallFor = time.Second
+	}
+	lab, err := icap.StartLab(cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return lab
+}
+
+// startAgent runs the agent as its own process on lo; it returns its
+// process, web address and source once ready.
+func startAgent(bin string, port int, extra ...string) (*exec.Cmd, string, string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	web := ln.Addr().String()
+	ln.Close()
+	args := append([]string{"agent", "--interfaces", "lo", "--ports", strconv.Itoa(port),
+		"--web.listen-address", web, "--log.level", "warn"}, extra...)
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		resp, err := http.Get("http://" + web + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return cmd, web, metricLabel(scrape(web), "icapwatch_source{source=\"")
+			}
+		}
+	}
+	cmd.Process.Kill()
+	log.Fatal("agent not ready")
+	return nil, "", ""
+}
+
+func stopProcess(cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+func startObserver(bin, mode string, port int) (stop func(), source string) {
+	switch mode {
+	case "agent":
+		cmd, _, src := startAgent(bin, port)
+		return func() { stopProcess(cmd) }, src
+	case "tcpdump":
+		dir, _ := os.MkdirTemp("", "icapwatch-bench-")
+		cmd := exec.Command("tcpdump", "-n", "-i", "lo", "-w", filepath.Join(dir, "c.pcap"), "tcp", "port", strconv.Itoa(port))
+		stderr, _ := cmd.StderrPipe()
+		if err := cmd.Start(); err != nil {
+			log.Fatalf("tcpdump: %v", err)
+		}
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() && !strings.Contains(sc.Text(), "listening on") {
+		}
+		go io.Copy(io.Discard, stderr)
+		return func() { cmd.Process.Signal(syscall.SIGINT); cmd.Wait(); os.RemoveAll(dir) }, ""
+	}
+	return func() {}, ""
+}
+
+type load struct {
+	rate     float64
+	p50, p99 time.Duration
+}
+
+// runLoad sends count OPTIONS over concurrency pooled connections, paced
+// at perSecond when it is not 0.
+func runLoad(target string, concurrency, count int, perSecond int) load {
+	c, err := icap.NewClient(icap.Config{Target: target, Insecure: true, MaxConns: concurrency, WaitTimeout: time.Minute})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	var mu sync.Mutex
+	var lat []time.Duration
+	jobs := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < concurrency; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range jobs {
+				start := time.Now()
+				if _, _, _, err := c.Options(context.Background()); err != nil {
+					log.Printf("request: %v", err)
+					continue
+				}
+				mu.Lock()
+				lat = append(lat, time.Since(start))
+				mu.Unlock()
+			}
+		}()
+	}
+	start := time.Now()
+	for i := 0; i < count; i++ {
+		if perSecond > 0 {
+			time.Sleep(time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(perSecond))))
+		}
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	wg.Wait()
+	took := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if len(lat) == 0 {
+		return load{}
+	}
+	return load{rate: float64(len(lat)) / took.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}
+}
+
+func median(ls []load) load {
+	pick := func(f func(load) float64) float64 {
+		v := make([]float64, len(ls))
+		for i, l := range ls {
+			v[i] = f(l)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	return load{rate: pick(func(l load) float64 { return l.rate }),
+		p50: time.Duration(pick(func(l load) float64 { return float64(l.p50) })),
+		p99: time.Duration(pick(func(l load) float64 { return float64(l.p99) }))}
+}
+
+type usage struct {
+	rate, cpu, rssMiB float64
+}
+
+// footprint runs the agent while requests come at a fixed rate, and reads
+// its CPU time and resident memory from /proc.
+func footprint(bin string, port int, target string, perSecond int, d time.Duration) usage {
+	cmd, _, _ := startAgent(bin, port)
+	defer stopProcess(cmd)
+	pid := cmd.Process.Pid
+	cpu0, start := cpuTime(pid), time.Now()
+	l := runLoad(target, 8, int(d.Seconds())*perSecond, perSecond)
+	cpu1, wall := cpuTime(pid), time.Since(start)
+	return usage{rate: l.rate, cpu: (cpu1 - cpu0).Seconds() / wall.Seconds(), rssMiB: rss(pid)}
+}
+
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+func rss(pid int) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.Fields(v)[0])
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+// detection stalls n requests (the lab holds their answers) and times
+// when the agent's metric shows each, after the 2 s threshold.
+func detection(bin string, n int) []time.Duration {
+	lab := startLab(1, 6*time.Second)
+	defer lab.Shutdown(context.Background())
+	port := lab.TLSAddr().(*net.TCPAddr).Port
+	cmd, web, _ := startAgent(bin, port, "--stall-threshold", "2s")
+	defer stopProcess(cmd)
+	target := fmt.Sprintf("icaps://%s/SYMCScanResp-AV", lab.TLSAddr())
+	var out []time.Duration
+	for i := 1; i <= n; i++ {
+		sent := make(chan time.Time, 1)
+		c, err := icap.NewClient(icap.Config{Target: target, Insecure: true, Timeout: time.Minute,
+			Observer: &icap.Observer{RequestWritten: func(_ icap.ConnInfo, ri icap.RequestInfo) {
+				select {
+				case sent <- ri.Start:
+				default:
+				}
+			}}})
+		if err != nil {
+			log.Fatal(err)
+		}
+		go c.Options(context.Background())
+		at := <-sent
+		for {
+			if v, _ := strconv.ParseFloat(metricLabel(scrape(web), "icapwatch_stalls_total{"), 64); int(v) >= i {
+				out = append(out, time.Since(at.Add(2*time.Second)))
+				break
+			}
+			if time.Since(at) > 20*time.Second {
+				log.Printf("stall %d not seen", i)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(5 * time.Second) // let the held answer come
+		c.Close()
+	}
+	return out
+}
+
+func scrape(web string) string {
+	resp, err := http.Get("http://" + web + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// metricLabel finds the first line starting with prefix and returns, for
+// a label prefix, the label's value, else the sample's value.
+func metricLabel(text, prefix string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		if strings.HasSuffix(prefix, "=\"") {
+			rest := line[len(prefix):]
+			return rest[:strings.IndexByte(rest, '"')]
+		}
+		return line[strings.LastIndexByte(line, ' ')+1:]
+	}
+	return ""
+}
