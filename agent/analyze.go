@@ -59,6 +59,7 @@ func Analyze(r io.Reader, cfg AnalyzeConfig) (Analysis, error) {
 		}
 	}
 	tracker := wire.NewTracker(cfg.Ports, cfg.Correlator.MaxFlows)
+	feed := corr.Observe // one func value, not one per packet
 	var nextSweep time.Time
 	for n := uint64(1); ; n++ {
 		p, err := capture.Next()
@@ -87,7 +88,7 @@ func Analyze(r io.Reader, cfg AnalyzeConfig) (Analysis, error) {
 			corr.Sweep(nextSweep)
 			nextSweep = nextSweep.Add(time.Second)
 		}
-		tracker.Packet(p, corr.Observe)
+		tracker.Packet(p, feed)
 		if cfg.Progress != nil && cfg.Every > 0 && n%cfg.Every == 0 {
 			cfg.Progress(n, capture.Stats().Bytes)
 		}

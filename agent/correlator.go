@@ -14,6 +14,7 @@ import (
 
 	"github.com/icapwatch/icapwatch/agent/observe"
 	"github.com/icapwatch/icapwatch/exporter"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Stall states, race kinds, outcomes: the contract's label values.
@@ -151,9 +152,11 @@ type flow struct {
 	lastGap       time.Duration
 	answeredAt    time.Time
 	unreadSince   time.Time
-	unread        *exchange           // an unread stall, while it lasts
-	unacked       uint32              // request bytes the server has not ACKed, as sock_diag last read
-	canary        observe.Observation // the canary's answer, waiting for the kernel's
+	unread        *exchange              // an unread stall, while it lasts
+	unacked       uint32                 // request bytes the server has not ACKed, as sock_diag last read
+	canary        observe.Observation    // the canary's answer, waiting for the kernel's
+	gapObs        [3]prometheus.Observer // ExchangeDuration children by phase, for this flow's labels
+	idleObs       prometheus.Observer
 	// The connections gauge: which end's TCP state is shown and the
 	// labels it was counted under.
 	stateDir   observe.Direction
@@ -176,9 +179,10 @@ const (
 
 // Gap is one answered exchange.
 type Gap struct {
-	Server, ClientAddr, Phase string
-	Gap                       time.Duration
-	At                        time.Time // the answer
+	Server, Phase string
+	Client        netip.AddrPort
+	Gap           time.Duration
+	At            time.Time // the answer
 }
 
 // Correlator is not safe for concurrent use: one goroutine feeds it.
@@ -196,6 +200,10 @@ type Correlator struct {
 	canary  map[netip.AddrPort]bool // local addresses of the canary's connections
 	// nextStall is when the earliest open exchange crosses the threshold.
 	nextStall time.Time
+	// The hot path reuses exchanges and metric children: no allocation
+	// and no label lookup per observation in the steady state.
+	spare  []*exchange
+	events [8]prometheus.Counter // by observe.Source
 }
 
 // New returns a correlator that updates m and hands each event to emit.
@@ -276,7 +284,12 @@ func (c *Correlator) drop(f *flow) {
 
 // Observe takes one observation.
 func (c *Correlator) Observe(o observe.Observation) {
-	c.m.Events.WithLabelValues(o.Source.String()).Inc()
+	if int(o.Source) < len(c.events) {
+		if c.events[o.Source] == nil {
+			c.events[o.Source] = c.m.Events.WithLabelValues(o.Source.String())
+		}
+		c.events[o.Source].Inc()
+	}
 	switch o.Kind {
 	case observe.CanaryConn:
 		c.canary[o.Flow.Client] = true
@@ -329,6 +342,11 @@ func (c *Correlator) Observe(o observe.Observation) {
 	case observe.AppRead:
 		c.read(f, o.Time)
 	case observe.SocketInfo:
+		if o.Dir != observe.ToServer {
+			// The server end's queues (the host is both ends on loopback)
+			// say nothing of the client's request or its reading.
+			break
+		}
 		f.unacked = o.Unacked
 		if o.RQueue == 0 {
 			c.read(f, o.Time)
@@ -348,18 +366,23 @@ func (c *Correlator) start(f *flow, o observe.Observation) {
 		if !f.ex.tentative.IsZero() {
 			c.finish(f, f.ex.tentative, OutcomeAnswered)
 		} else {
+			c.recycle(f.ex)
 			f.ex = nil
 		}
 	}
 	c.read(f, o.Time)
-	ex := &exchange{start: o.Time, phase: o.Phase}
+	ex := c.newExchange()
+	ex.start, ex.phase = o.Time, o.Phase
 	prev := o.Ref
 	if prev.IsZero() {
 		prev = f.lastData
 	}
 	if !prev.IsZero() {
 		ex.idleAge, ex.reused = o.Time.Sub(prev), true
-		c.m.ReuseIdleAge.WithLabelValues(f.srv.label, f.client).Observe(ex.idleAge.Seconds())
+		if f.idleObs == nil {
+			f.idleObs = c.m.ReuseIdleAge.WithLabelValues(f.srv.label, f.client)
+		}
+		f.idleObs.Observe(ex.idleAge.Seconds())
 	}
 	f.lastData = o.Time
 	f.ex = ex
@@ -394,12 +417,18 @@ func (c *Correlator) answer(f *flow, o observe.Observation) {
 func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
 	ex := f.ex
 	f.ex = nil
+	defer c.recycle(ex)
 	if outcome == OutcomeAnswered {
 		gap := at.Sub(ex.start)
 		f.lastGap, f.answeredAt = gap, at
-		c.m.ExchangeDuration.WithLabelValues(f.srv.label, f.client, ex.phase.String()).Observe(gap.Seconds())
+		if int(ex.phase) < len(f.gapObs) {
+			if f.gapObs[ex.phase] == nil {
+				f.gapObs[ex.phase] = c.m.ExchangeDuration.WithLabelValues(f.srv.label, f.client, ex.phase.String())
+			}
+			f.gapObs[ex.phase].Observe(gap.Seconds())
+		}
 		if c.OnGap != nil {
-			c.OnGap(Gap{Server: f.srv.label, ClientAddr: f.key.Client.String(), Phase: ex.phase.String(), Gap: gap, At: at})
+			c.OnGap(Gap{Server: f.srv.label, Client: f.key.Client, Phase: ex.phase.String(), Gap: gap, At: at})
 		}
 		if f.canary.Kind != 0 && f.canary.Time.Sub(at).Abs() <= canaryMatch {
 			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((f.canary.Gap - gap).Seconds())
@@ -651,11 +680,29 @@ func (c *Correlator) state(f *flow, o observe.Observation) {
 	}
 }
 
+func (c *Correlator) newExchange() *exchange {
+	if n := len(c.spare); n > 0 {
+		ex := c.spare[n-1]
+		c.spare = c.spare[:n-1]
+		return ex
+	}
+	return &exchange{}
+}
+
+// recycle keeps an ended exchange for the next one (a few hundred at most).
+func (c *Correlator) recycle(ex *exchange) {
+	if len(c.spare) < 256 {
+		*ex = exchange{}
+		c.spare = append(c.spare, ex)
+	}
+}
+
 // relabel moves the flow's gauges to a new client label.
 func (c *Correlator) relabel(f *flow, client string) {
 	if f.client == client {
 		return
 	}
+	f.gapObs, f.idleObs = [3]prometheus.Observer{}, nil
 	if f.haveState {
 		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
 		c.m.Connections.WithLabelValues(f.srv.label, client, f.gaugeState).Inc()

@@ -58,3 +58,14 @@ func TestDiagTrackerConfirmsAndFindsUnread(t *testing.T) {
 	d.update(at(22), []Socket{{Flow: flowA, ClientEnd: true, State: observe.TCPEstablished}}, h.c.Observe)
 	h.wantKinds("stall:unacked stall_end:unacked:answered stall:unread stall_end:unread:answered")
 }
+
+// On loopback sock_diag shows both ends: the server end's queue (a
+// request the server has not read yet) is no unread answer.
+func TestServerEndQueueIsNotUnread(t *testing.T) {
+	h := newHarness(t, nil)
+	d := newDiagTracker(false)
+	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.1)
+	d.update(at(1), []Socket{{Flow: flowA, ClientEnd: false, State: observe.TCPEstablished, RQueue: 300}}, h.c.Observe)
+	h.sweep(12)
+	h.wantKinds("")
+}
