@@ -21,6 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
+// sockDiagBeside is how often sock_diag is read beside the kernel probes:
+// well within the stall threshold, for unread answers.
+const sockDiagBeside = 3 * time.Second
+
 // Sources of wire observations.
 const (
 	SourceAuto     = "auto"
@@ -214,6 +218,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer tick.Stop()
 	next := time.Now().Add(d.cfg.SweepInterval)
 	var lost uint64
+	// sock_diag dumps every TCP socket of the host: as the source it runs
+	// every sweep; beside the kernel probes (seeding, unacked, unread) a
+	// slower pace will do, which matters with tens of thousands of sockets.
+	pollEvery, lastPoll := d.cfg.SweepInterval, time.Time{}
+	if probe != nil {
+		pollEvery = sockDiagBeside
+	}
 	for {
 		select {
 		case o := <-obs:
@@ -227,8 +238,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		case now := <-tick.C:
 			d.mu.Lock()
-			if err := diag.Poll(now, d.corr.Observe); err != nil {
-				d.log.Warn("sock_diag poll failed", "error", err)
+			if now.Sub(lastPoll) >= pollEvery {
+				lastPoll = now
+				if err := diag.Poll(now, d.corr.Observe); err != nil {
+					d.log.Warn("sock_diag poll failed", "error", err)
+				}
 			}
 			d.corr.Sweep(now)
 			next = now.Add(d.cfg.SweepInterval)
@@ -238,7 +252,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.mu.Unlock()
 			tick.Reset(time.Until(next))
 			if probe != nil {
-				if st, err := probe.Stats(); err == nil && st.EventsLost > lost {
+				if st, err := probe.Stats(false); err == nil && st.EventsLost > lost {
 					d.m.EventsLost.WithLabelValues(SourceBPF).Add(float64(st.EventsLost - lost))
 					lost = st.EventsLost
 				}

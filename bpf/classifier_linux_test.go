@@ -294,7 +294,7 @@ func TestClassifier(t *testing.T) {
 				}
 				checkTuples(t, got)
 				if tc.stats != nil {
-					s, err := p.Stats()
+					s, err := p.Stats(true)
 					if err != nil {
 						t.Fatal(err)
 					}

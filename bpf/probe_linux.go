@@ -320,8 +320,10 @@ func (p *Probe) addHook(h HookStatus) {
 	p.hooks = append(p.hooks, h)
 }
 
-// Stats reads the kernel counters and counts the flow table.
-func (p *Probe) Stats() (Stats, error) {
+// Stats reads the kernel counters. With countFlows it also walks the
+// flow table (a system call per entry: not for every second on a busy
+// host) for Flows and FlowEvictions.
+func (p *Probe) Stats(countFlows bool) (Stats, error) {
 	var s Stats
 	var perCPU []uint64
 	fields := []*uint64{&s.Packets, &s.Watched, &s.Duplicates, &s.Malformed, &s.FlowsCreated,
@@ -335,6 +337,9 @@ func (p *Probe) Stats() (Stats, error) {
 		}
 	}
 	s.EventsLost += p.lost.Load()
+	if !countFlows {
+		return s, nil
+	}
 	var key icapwatchFlowKey
 	var val icapwatchFlow
 	it := p.coll.Maps["flows"].Iterate()

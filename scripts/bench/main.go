@@ -77,6 +77,13 @@ func main() {
 	fmt.Fprintf(&md, "| CPU (share of one core) | RSS |\n|---|---|\n| %.2f%% | %.1f MiB |\n", 100*fp.cpu, fp.rssMiB)
 	fmt.Fprintln(&md, "\nTarget: <= 2% of one core at 1,000 requests/s. Flow-table memory: see the correlator benchmarks below.")
 
+	fmt.Fprintln(&md, "\n| idle connections | CPU while idle (share of one core) | RSS | note |\n|---|---|---|---|")
+	for _, n := range []int{10000, 100000} {
+		u, note := idleFlows(*bin, n)
+		fmt.Fprintf(&md, "| %d | %.2f%% | %.1f MiB | %s |\n", n, 100*u.cpu, u.rssMiB, note)
+	}
+	fmt.Fprintln(&md, "\nTargets: RSS <= 64 MiB at 10,000 flows; memory bounded at 100,000 (the kernel's LRU table holds 65,536 by default, the correlator --max-flows).")
+
 	// 5. Detection latency.
 	lat := detection(*bin, 3)
 	fmt.Fprintf(&md, "\n### 5. Detection latency (stall threshold 2 s, %d stalls)\n\n", len(lat))
@@ -261,6 +268,59 @@ func footprint(bin string, port int, target string, perSecond int, d time.Durati
 	l := runLoad(target, 8, int(d.Seconds())*perSecond, perSecond)
 	cpu1, wall := cpuTime(pid), time.Since(start)
 	return usage{rate: l.rate, cpu: (cpu1 - cpu0).Seconds() / wall.Seconds(), rssMiB: rss(pid)}
+}
+
+// idleFlows opens n idle TCP connections to a watched port on loopback,
+// the server ends in a lab server of its own process, and measures the
+// agent while they sit: its CPU over 10 s and its RSS. It reports why not
+// when the open file limit cannot hold them.
+func idleFlows(bin string, n int) (usage, string) {
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	if need := uint64(n + 1000); lim.Cur < need {
+		lim.Cur = min(need, lim.Max)
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+		if lim.Cur < need {
+			return usage{}, fmt.Sprintf("not measured: %d connections need %d open files a process, the limit here is %d", n, need, lim.Max)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	lab := exec.Command(bin, "lab", "--listen", "127.0.0.1:0", "--plain-listen", addr, "--workers", "1", "--log.level", "error")
+	if err := lab.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer stopProcess(lab)
+	time.Sleep(500 * time.Millisecond)
+	port := ln.Addr().(*net.TCPAddr).Port
+	cmd, web, _ := startAgent(bin, port)
+	defer stopProcess(cmd)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i/20000))}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			return usage{}, fmt.Sprintf("not measured: connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(3 * time.Second) // the agent takes them in
+	pid := cmd.Process.Pid
+	cpu0, start := cpuTime(pid), time.Now()
+	time.Sleep(10 * time.Second)
+	u := usage{cpu: (cpuTime(pid) - cpu0).Seconds() / time.Since(start).Seconds(), rssMiB: rss(pid)}
+	tracked := metricLabel(scrape(web), "icapwatch_flows_tracked ")
+	log.Printf("idle flows %d: agent tracks %s flows, CPU %.2f%%, RSS %.1f MiB", n, tracked, 100*u.cpu, u.rssMiB)
+	return u, "flows tracked: " + tracked
 }
 
 func cpuTime(pid int) time.Duration {
