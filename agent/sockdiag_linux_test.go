@@ -18,8 +18,10 @@ func TestSockDiagFindsLoopbackFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	accepted := make(chan error, 1)
 	go func() {
 		c, err := ln.Accept()
+		accepted <- err
 		if err == nil {
 			io.Copy(io.Discard, c) // never answers: the request stays open
 			c.Close()
@@ -30,6 +32,11 @@ func TestSockDiagFindsLoopbackFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	// A socket still in the accept queue has no file, hence no owner:
+	// read only once the server end belongs to this process.
+	if err := <-accepted; err != nil {
+		t.Fatal(err)
+	}
 	if _, err := conn.Write([]byte("OPTIONS icap://127.0.0.1/x ICAP/1.0\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
