@@ -21,6 +21,9 @@ type AnalyzeConfig struct {
 	Every    uint64
 }
 
+// GapKey groups gaps as the gap histogram does.
+type GapKey struct{ Server, Phase string }
+
 // Analysis is what a capture gave.
 type Analysis struct {
 	Format      string
@@ -28,8 +31,11 @@ type Analysis struct {
 	Wire        wire.Stats
 	First, Last time.Time
 	Events      []Event
-	Gaps        []Gap
-	Open        []OpenExchange // exchanges still open at the end of the capture
+	// Gaps are the answered exchanges' gaps by server and phase, in the
+	// order of their answers: eight bytes an exchange, so that a capture
+	// of millions of exchanges stays cheap to hold.
+	Gaps map[GapKey][]time.Duration
+	Open []OpenExchange // exchanges still open at the end of the capture
 	// Err is the damage that ended reading early, if any: what came
 	// before it is analyzed.
 	Err error
@@ -38,7 +44,7 @@ type Analysis struct {
 // Analyze runs a capture through the same rules as the kernel and the
 // same correlator as the agent, on the capture's clock.
 func Analyze(r io.Reader, cfg AnalyzeConfig) (Analysis, error) {
-	var a Analysis
+	a := Analysis{Gaps: map[GapKey][]time.Duration{}}
 	capture, err := wire.OpenCapture(r)
 	if err != nil {
 		return a, err
@@ -55,7 +61,8 @@ func Analyze(r io.Reader, cfg AnalyzeConfig) (Analysis, error) {
 	}
 	corr.OnGap = func(g Gap) {
 		if keep(g.Server) {
-			a.Gaps = append(a.Gaps, g)
+			k := GapKey{g.Server, g.Phase}
+			a.Gaps[k] = append(a.Gaps[k], g.Gap)
 		}
 	}
 	tracker := wire.NewTracker(cfg.Ports, cfg.Correlator.MaxFlows)

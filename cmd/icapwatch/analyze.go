@@ -117,10 +117,10 @@ func report(w io.Writer, name string, res agent.Analysis, took time.Duration) {
 		byServer[e.Server][e.ClientAddr] = append(byServer[e.Server][e.ClientAddr], e)
 	}
 	gaps := map[string][]time.Duration{}
-	for _, g := range res.Gaps {
-		gaps[g.Server] = append(gaps[g.Server], g.Gap)
-		if byServer[g.Server] == nil {
-			byServer[g.Server] = map[string][]agent.Event{}
+	for k, g := range res.Gaps {
+		gaps[k.Server] = append(gaps[k.Server], g...)
+		if byServer[k.Server] == nil {
+			byServer[k.Server] = map[string][]agent.Event{}
 		}
 	}
 	for _, server := range sortedKeys(byServer) {
