@@ -154,7 +154,8 @@ type flow struct {
 	unreadSince   time.Time
 	unread        *exchange              // an unread stall, while it lasts
 	unacked       uint32                 // request bytes the server has not ACKed, as sock_diag last read
-	canary        observe.Observation    // the canary's answer, waiting for the kernel's
+	canaryAt      time.Time              // the canary's answer, waiting for the kernel's
+	canaryGap     time.Duration          // (zero canaryAt: none)
 	gapObs        [3]prometheus.Observer // ExchangeDuration children by phase, for this flow's labels
 	idleObs       prometheus.Observer
 	// The connections gauge: which end's TCP state is shown and the
@@ -315,7 +316,7 @@ func (c *Correlator) Observe(o observe.Observation) {
 		if f.lastGap > 0 && (o.Time.Sub(f.answeredAt)).Abs() <= canaryMatch {
 			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((o.Gap - f.lastGap).Seconds())
 		} else {
-			f.canary = o
+			f.canaryAt, f.canaryGap = o.Time, o.Gap
 		}
 		return
 	}
@@ -430,10 +431,10 @@ func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
 		if c.OnGap != nil {
 			c.OnGap(Gap{Server: f.srv.label, Client: f.key.Client, Phase: ex.phase.String(), Gap: gap, At: at})
 		}
-		if f.canary.Kind != 0 && f.canary.Time.Sub(at).Abs() <= canaryMatch {
-			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((f.canary.Gap - gap).Seconds())
+		if !f.canaryAt.IsZero() && f.canaryAt.Sub(at).Abs() <= canaryMatch {
+			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((f.canaryGap - gap).Seconds())
 		}
-		f.canary = observe.Observation{}
+		f.canaryAt = time.Time{}
 	}
 	if !ex.stalled {
 		return

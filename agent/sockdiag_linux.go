@@ -1,9 +1,6 @@
 package agent
 
 import (
-	"errors"
-	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,7 +8,6 @@ import (
 	"time"
 
 	"github.com/icapwatch/icapwatch/agent/observe"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,6 +18,9 @@ type SockDiag struct {
 	proc    string // /proc, or the host's /proc mounted elsewhere
 	tracker *diagTracker
 	owners  map[uint32]procOwner // by socket inode; /proc is read again on a miss
+	filter  []byte               // the ports as inet_diag bytecode
+	buf     []byte               // netlink replies
+	sockets []Socket             // the last snapshot, reused
 }
 
 // NewSockDiag watches the given ports. With exchanges, it is the fallback
@@ -47,62 +46,45 @@ func (d *SockDiag) Poll(now time.Time, out func(observe.Observation)) error {
 	return nil
 }
 
-// Sockets lists the sockets on watched ports, IPv4 and IPv6.
+// Sockets lists the sockets on watched ports, IPv4 and IPv6. The slice
+// is reused by the next call.
 func (d *SockDiag) Sockets() ([]Socket, error) {
-	var out []Socket
-	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		resp, err := netlink.SocketDiagTCPInfo(family)
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return nil, fmt.Errorf("sock_diag: %w", err)
+	if d.filter == nil {
+		d.buf = make([]byte, diagReceiveBuffer)
+		ports := make([]uint16, 0, len(d.ports))
+		for p := range d.ports {
+			ports = append(ports, p)
 		}
-		for _, r := range resp {
-			if s, ok := d.socket(r); ok {
-				out = append(out, s)
-			}
+		d.filter = portFilter(ports)
+	}
+	out := d.sockets[:0]
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		var err error
+		if out, err = diagDump(family, d.filter, d.buf, out, d.ports); err != nil {
+			return nil, err
 		}
 	}
+	d.sockets = out
+	// /proc is read again when a socket's inode is new; inodes that no
+	// process showed (another PID namespace, a socket being closed) are
+	// remembered as ownerless, so that they do not make every poll walk
+	// /proc.
 	for _, s := range out {
 		if _, ok := d.owners[s.Inode]; !ok && s.Inode != 0 {
 			d.owners = socketOwners(d.proc)
+			for _, s := range out {
+				if _, ok := d.owners[s.Inode]; !ok {
+					d.owners[s.Inode] = procOwner{}
+				}
+			}
 			break
 		}
 	}
 	for i := range out {
-		if o, ok := d.owners[out[i].Inode]; ok {
-			out[i].PID, out[i].Comm = o.pid, o.comm
-		}
+		o := d.owners[out[i].Inode]
+		out[i].PID, out[i].Comm = o.pid, o.comm
 	}
 	return out, nil
-}
-
-func (d *SockDiag) socket(r *netlink.InetDiagTCPInfoResp) (Socket, bool) {
-	m := r.InetDiagMsg
-	if m == nil || m.State == 10 { // TCP_LISTEN: no flow
-		return Socket{}, false
-	}
-	local, lok := netip.AddrFromSlice(m.ID.Source)
-	remote, rok := netip.AddrFromSlice(m.ID.Destination)
-	if !lok || !rok {
-		return Socket{}, false
-	}
-	lp := netip.AddrPortFrom(local.Unmap(), m.ID.SourcePort)
-	rp := netip.AddrPortFrom(remote.Unmap(), m.ID.DestinationPort)
-	s := Socket{State: int(m.State), RQueue: m.RQueue, Inode: m.INode}
-	switch {
-	case d.ports[rp.Port()]:
-		s.Flow, s.ClientEnd = observe.Flow{Client: lp, Server: rp}, true
-	case d.ports[lp.Port()]:
-		s.Flow = observe.Flow{Client: rp, Server: lp}
-	default:
-		return Socket{}, false
-	}
-	if ti := r.TCPInfo; ti != nil {
-		ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
-		s.Unacked, s.Retrans = ti.Unacked, ti.Total_retrans
-		s.SinceSent, s.SinceRecv, s.SinceAckRecv = ms(ti.Last_data_sent), ms(ti.Last_data_recv), ms(ti.Last_ack_recv)
-		s.BytesAcked, s.BytesReceived = ti.Bytes_acked, ti.Bytes_received
-	}
-	return s, true
 }
 
 type procOwner struct {

@@ -4,9 +4,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/icapwatch/icapwatch/internal/testutil"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // TestSockDiagFindsLoopbackFlow reads a real connection on a watched port
@@ -65,4 +69,149 @@ func TestSockDiagFindsLoopbackFlow(t *testing.T) {
 	if !client || !server {
 		t.Errorf("want both ends of %s, got %+v", conn.LocalAddr(), socks)
 	}
+}
+
+// TestSockDiagPortFilter checks the kernel-side port filter and the
+// in-place parser: of connections to three ports, over IPv4 and IPv6,
+// the dump keeps those to the watched ones, both ends, and reads the
+// same fields as vishvananda/netlink's independent parser.
+func TestSockDiagPortFilter(t *testing.T) {
+	type conn struct {
+		client  net.Conn
+		port    uint16
+		written int
+	}
+	var conns []conn
+	listen := func(network, addr string) uint16 {
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			t.Skipf("%s %s: %v", network, addr, err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		port := uint16(ln.Addr().(*net.TCPAddr).Port)
+		for i := range 2 {
+			c, err := net.Dial(network, ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			s, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			// Unread bytes on the server end: the receive queue.
+			msg := make([]byte, 100*(i+1))
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, conn{c, port, len(msg)})
+		}
+		return port
+	}
+	a, b := listen("tcp4", "127.0.0.1:0"), listen("tcp4", "127.0.0.1:0")
+	c := listen("tcp6", "[::1]:0")
+	unwatched := listen("tcp4", "127.0.0.1:0")
+	time.Sleep(50 * time.Millisecond) // the bytes reach the receive queues
+
+	many := make([]uint16, 0, 40) // a long program: the jumps still land
+	for p := uint16(1); len(many) < 39; p++ {
+		if p != a && p != b && p != c && p != unwatched {
+			many = append(many, p)
+		}
+	}
+	many = append(many, a)
+	for _, ports := range [][]uint16{{a}, {b, a}, {a, b, c}, {c}, many} {
+		watched := map[uint16]bool{}
+		for _, p := range ports {
+			watched[p] = true
+		}
+		// User space would drop the other ports too: it is told of all
+		// four here, so that only the kernel's filter decides.
+		all := map[uint16]bool{a: true, b: true, c: true, unwatched: true}
+		var socks []Socket
+		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+			var err error
+			if socks, err = diagDump(family, portFilter(ports), make([]byte, diagReceiveBuffer), socks, all); err != nil {
+				testutil.SkipOrFail(t, "sock_diag: %v", err)
+				return
+			}
+		}
+		got := map[string]Socket{}
+		for _, s := range socks {
+			if !watched[s.Flow.Server.Port()] {
+				t.Errorf("ports %v: port %d passed the filter: %+v", ports, s.Flow.Server.Port(), s)
+			}
+			got[s.Flow.Client.String()+map[bool]string{true: " client", false: " server"}[s.ClientEnd]] = s
+		}
+		for _, cn := range conns {
+			if !watched[cn.port] {
+				continue
+			}
+			local := cn.client.LocalAddr().(*net.TCPAddr).AddrPort()
+			cl, ok1 := got[local.String()+" client"]
+			sv, ok2 := got[local.String()+" server"]
+			if !ok1 || !ok2 {
+				t.Errorf("ports %v: connection %s: client end %v, server end %v", ports, local, ok1, ok2)
+				continue
+			}
+			if cl.Flow.Server.Port() != cn.port || sv.RQueue != uint32(cn.written) || cl.BytesAcked != uint64(cn.written)+1 {
+				t.Errorf("ports %v: %s: client %+v, server %+v; want %d bytes queued and ACKed", ports, local, cl, sv, cn.written)
+			}
+			if sv.BytesReceived != uint64(cn.written) || cl.State != 1 || sv.Inode == 0 {
+				t.Errorf("ports %v: %s: server end %+v", ports, local, sv)
+			}
+		}
+		if want := 4 * countWatched(ports, a, b, c); len(socks) != want { // two connections a port, both ends
+			t.Errorf("ports %v: %d sockets, want %d: %+v", ports, len(socks), want, socks)
+		}
+	}
+
+	// The same sockets through vishvananda/netlink's parser.
+	d := NewSockDiag([]uint16{a, c}, "", false)
+	socks, err := d.Sockets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs := map[uint32]*netlink.InetDiagTCPInfoResp{}
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		resp, err := netlink.SocketDiagTCPInfo(family)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range resp {
+			theirs[r.InetDiagMsg.INode] = r
+		}
+	}
+	for _, s := range socks {
+		r := theirs[s.Inode]
+		if r == nil || r.TCPInfo == nil {
+			t.Errorf("inode %d not in netlink's dump", s.Inode)
+			continue
+		}
+		ti := r.TCPInfo
+		if s.RQueue != r.InetDiagMsg.RQueue || s.State != int(r.InetDiagMsg.State) ||
+			s.Unacked != ti.Unacked || s.Retrans != ti.Total_retrans ||
+			s.BytesAcked != ti.Bytes_acked || s.BytesReceived != ti.Bytes_received ||
+			!near(s.SinceSent, ti.Last_data_sent) || !near(s.SinceRecv, ti.Last_data_recv) ||
+			!near(s.SinceAckRecv, ti.Last_ack_recv) {
+			t.Errorf("parsed %+v, netlink has %+v %+v", s, r.InetDiagMsg, ti)
+		}
+	}
+}
+
+// near: a timer read twice, a moment apart.
+func near(d time.Duration, ms uint32) bool {
+	diff := d - time.Duration(ms)*time.Millisecond
+	return diff > -time.Second && diff < time.Second
+}
+
+func countWatched(ports []uint16, listened ...uint16) int {
+	n := 0
+	for _, l := range listened {
+		if slices.Contains(ports, l) {
+			n++
+		}
+	}
+	return n
 }

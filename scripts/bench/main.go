@@ -33,7 +33,18 @@ func main() {
 	requests := flag.Int("requests", 10000, "requests per observer-effect round")
 	concurrency := flag.Int("concurrency", 8, "concurrent requests")
 	rounds := flag.Int("rounds", 5, "rounds of each mode, alternating")
+	parts := flag.String("parts", "observer,footprint,idle,detection", "which measures to take, comma-separated")
 	flag.Parse()
+	want := map[string]bool{}
+	for _, p := range strings.Split(*parts, ",") {
+		switch p {
+		case "observer", "footprint", "idle", "detection":
+			want[p] = true
+		default:
+			fmt.Fprintf(os.Stderr, "bench: -parts: unknown measure %q (observer, footprint, idle, detection)\n", p)
+			os.Exit(2)
+		}
+	}
 
 	lab := startLab(0, 0)
 	defer lab.Shutdown(context.Background())
@@ -42,61 +53,68 @@ func main() {
 
 	var md strings.Builder
 	fmt.Fprintf(&md, "## Results (%s, %s)\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel())
+	if want["observer"] {
+		observerEffect(&md, *bin, target, port, *requests, *concurrency, *rounds)
+	}
+	if want["footprint"] {
+		fp := footprint(*bin, port, target, 1000, 10*time.Second)
+		fmt.Fprintf(&md, "\n### 4. Agent footprint at %.0f requests/s for 10 s\n\n", fp.rate)
+		fmt.Fprintf(&md, "| CPU (share of one core) | RSS |\n|---|---|\n| %.2f%% | %.1f MiB |\n", 100*fp.cpu, fp.rssMiB)
+		fmt.Fprintln(&md, "\nTarget: <= 2% of one core at 1,000 requests/s. Flow-table memory: see the correlator benchmarks below.")
+	}
+	if want["idle"] {
+		fmt.Fprintln(&md, "\n| idle connections | CPU while idle (share of one core) | RSS | note |\n|---|---|---|---|")
+		for _, n := range []int{10000, 100000} {
+			u, note := idleFlows(*bin, n)
+			fmt.Fprintf(&md, "| %d | %.2f%% | %.1f MiB | %s |\n", n, 100*u.cpu, u.rssMiB, note)
+		}
+		fmt.Fprintln(&md, "\nTargets: RSS <= 64 MiB at 10,000 flows; memory bounded at 100,000 (the kernel's LRU table holds 65,536 by default, the correlator --max-flows).")
+	}
+	if want["detection"] {
+		lat := detection(*bin, 3)
+		fmt.Fprintf(&md, "\n### 5. Detection latency (stall threshold 2 s, %d stalls)\n\n", len(lat))
+		fmt.Fprintln(&md, "| stall | metric visible after the threshold |\n|---|---|")
+		for i, d := range lat {
+			fmt.Fprintf(&md, "| %d | %v |\n", i+1, d.Round(time.Millisecond))
+		}
+		fmt.Fprintln(&md, "\nTarget: <= 1 s after the threshold (the agent sweeps when an exchange is due).")
+	}
 
-	// 1. Observer effect.
+	if err := os.WriteFile(*out, []byte(md.String()), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Print(md.String())
+}
+
+// observerEffect runs the load with no observer, the agent and tcpdump in
+// rotating order, round after round, and tabulates the medians.
+func observerEffect(md *strings.Builder, bin, target string, port, requests, concurrency, rounds int) {
 	modes := []string{"none", "agent", "tcpdump"}
 	results := map[string][]load{}
 	source := ""
-	for r := 0; r < *rounds; r++ {
+	for r := 0; r < rounds; r++ {
 		for i := range modes {
 			mode := modes[(i+r)%len(modes)] // rotate the order every round
-			stop, src := startObserver(*bin, mode, port)
+			stop, src := startObserver(bin, mode, port)
 			if src != "" {
 				source = src
 			}
-			l := runLoad(target, *concurrency, *requests, 0)
+			l := runLoad(target, concurrency, requests, 0)
 			stop()
 			results[mode] = append(results[mode], l)
 			log.Printf("observer %-8s round %d: %.0f req/s p50 %v p99 %v", mode, r+1, l.rate, l.p50, l.p99)
 		}
 	}
 	base := median(results["none"])
-	fmt.Fprintf(&md, "### 1. Observer effect (%d requests x %d rounds, concurrency %d, loopback TLS; agent source: %s)\n\n",
-		*requests, *rounds, *concurrency, source)
-	fmt.Fprintln(&md, "| mode | throughput (req/s) | vs none | p50 | p99 | p99 vs none |\n|---|---|---|---|---|---|")
+	fmt.Fprintf(md, "### 1. Observer effect (%d requests x %d rounds, concurrency %d, loopback TLS; agent source: %s)\n\n",
+		requests, rounds, concurrency, source)
+	fmt.Fprintln(md, "| mode | throughput (req/s) | vs none | p50 | p99 | p99 vs none |\n|---|---|---|---|---|---|")
 	for _, mode := range modes {
 		m := median(results[mode])
-		fmt.Fprintf(&md, "| %s | %.0f | %.3f | %v | %v | %+.1f%% |\n", mode, m.rate, m.rate/base.rate,
+		fmt.Fprintf(md, "| %s | %.0f | %.3f | %v | %v | %+.1f%% |\n", mode, m.rate, m.rate/base.rate,
 			m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), 100*(float64(m.p99)/float64(base.p99)-1))
 	}
-	fmt.Fprintln(&md, "\nTargets: throughput with the agent >= 0.98 of without, p99 up by <= 3%, better than tcpdump.")
-
-	// 4. Footprint at a fixed rate.
-	fp := footprint(*bin, port, target, 1000, 10*time.Second)
-	fmt.Fprintf(&md, "\n### 4. Agent footprint at %.0f requests/s for 10 s\n\n", fp.rate)
-	fmt.Fprintf(&md, "| CPU (share of one core) | RSS |\n|---|---|\n| %.2f%% | %.1f MiB |\n", 100*fp.cpu, fp.rssMiB)
-	fmt.Fprintln(&md, "\nTarget: <= 2% of one core at 1,000 requests/s. Flow-table memory: see the correlator benchmarks below.")
-
-	fmt.Fprintln(&md, "\n| idle connections | CPU while idle (share of one core) | RSS | note |\n|---|---|---|---|")
-	for _, n := range []int{10000, 100000} {
-		u, note := idleFlows(*bin, n)
-		fmt.Fprintf(&md, "| %d | %.2f%% | %.1f MiB | %s |\n", n, 100*u.cpu, u.rssMiB, note)
-	}
-	fmt.Fprintln(&md, "\nTargets: RSS <= 64 MiB at 10,000 flows; memory bounded at 100,000 (the kernel's LRU table holds 65,536 by default, the correlator --max-flows).")
-
-	// 5. Detection latency.
-	lat := detection(*bin, 3)
-	fmt.Fprintf(&md, "\n### 5. Detection latency (stall threshold 2 s, %d stalls)\n\n", len(lat))
-	fmt.Fprintln(&md, "| stall | metric visible after the threshold |\n|---|---|")
-	for i, d := range lat {
-		fmt.Fprintf(&md, "| %d | %v |\n", i+1, d.Round(time.Millisecond))
-	}
-	fmt.Fprintln(&md, "\nTarget: <= 1 s after the threshold (the agent sweeps when an exchange is due).")
-
-	if err := os.WriteFile(*out, []byte(md.String()), 0o644); err != nil {
-		log.Fatal(err)
-	}
-	fmt.Print(md.String())
+	fmt.Fprintln(md, "\nTargets: throughput with the agent >= 0.98 of without, p99 up by <= 3%, better than tcpdump.")
 }
 
 func kernel() string {
