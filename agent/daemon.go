@@ -176,6 +176,13 @@ func (d *Daemon) onEvent(e Event) {
 	}
 }
 
+// The kernel reader hands over up to kernelBatch events at a time, with
+// kernelBuffers batches in flight.
+const (
+	kernelBatch   = 256
+	kernelBuffers = 4
+)
+
 // Run serves until ctx ends, then takes every hook off and returns.
 func (d *Daemon) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
@@ -188,7 +195,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.addr <- addr
 	d.log.Info("serving", "address", addr.String())
 
-	obs := make(chan observe.Observation, 4096)
+	obs := make(chan observe.Observation, 64) // sock_diag and the canary
+	// The kernel's events come in batches, a channel operation a burst
+	// rather than an event; the correlator gives each batch back. When it
+	// falls behind, the reader waits and the kernel buffer counts losses.
+	batches, free := make(chan []observe.Observation, kernelBuffers), make(chan []observe.Observation, kernelBuffers)
+	for range kernelBuffers {
+		free <- make([]observe.Observation, 0, kernelBatch)
+	}
 	var wg sync.WaitGroup
 	probe, diag, err := d.openSource()
 	if err != nil {
@@ -199,7 +213,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d.readKernel(ctx, probe, obs)
+			d.readKernel(ctx, probe, batches, free)
 		}()
 	}
 	d.ready.Store(true)
@@ -225,17 +239,27 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if probe != nil {
 		pollEvery = sockDiagBeside
 	}
+	// feed hands observations to the correlator and brings the sweep
+	// forward when an exchange is due before it.
+	feed := func(batch ...observe.Observation) {
+		d.mu.Lock()
+		for i := range batch {
+			d.corr.Observe(batch[i])
+		}
+		due := d.corr.NextStall()
+		d.mu.Unlock()
+		if !due.IsZero() && due.Before(next) {
+			next = due
+			tick.Reset(time.Until(next))
+		}
+	}
 	for {
 		select {
 		case o := <-obs:
-			d.mu.Lock()
-			d.corr.Observe(o)
-			due := d.corr.NextStall()
-			d.mu.Unlock()
-			if !due.IsZero() && due.Before(next) {
-				next = due
-				tick.Reset(time.Until(next))
-			}
+			feed(o)
+		case batch := <-batches:
+			feed(batch...)
+			free <- batch
 		case now := <-tick.C:
 			d.mu.Lock()
 			if now.Sub(lastPoll) >= pollEvery {
@@ -317,17 +341,28 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 	return probe, NewSockDiag(d.cfg.Ports, d.cfg.Proc, source == SourceSockDiag), nil
 }
 
-func (d *Daemon) readKernel(ctx context.Context, p *bpf.Probe, out chan<- observe.Observation) {
+func (d *Daemon) readKernel(ctx context.Context, p *bpf.Probe, batches chan<- []observe.Observation, free <-chan []observe.Observation) {
+	evs := make([]bpf.Event, kernelBatch)
 	for {
-		ev, err := p.Read()
+		n, err := p.ReadBatch(evs)
 		if err != nil {
 			if !errors.Is(err, os.ErrClosed) {
 				d.log.Error("kernel events", "error", err)
 			}
 			return
 		}
+		var batch []observe.Observation
 		select {
-		case out <- ev.Observation():
+		case batch = <-free:
+		case <-ctx.Done():
+			return
+		}
+		batch = batch[:0]
+		for _, ev := range evs[:n] {
+			batch = append(batch, ev.Observation())
+		}
+		select {
+		case batches <- batch:
 		case <-ctx.Done():
 			return
 		}

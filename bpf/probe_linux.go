@@ -23,15 +23,17 @@ import (
 // Probe is the loaded and attached kernel side. Read its events with
 // Read; Close detaches everything it attached.
 type Probe struct {
-	log    hclog.Logger
-	coll   *ebpf.Collection
-	tc     *tcAttacher
-	links  []link.Link
-	perf   *perf.Reader
-	ring   *ringbuf.Reader
-	output string
-	poll   time.Duration // how often Read looks for events without a wakeup
-	lost   atomic.Uint64 // samples the perf reader reported lost
+	log     hclog.Logger
+	coll    *ebpf.Collection
+	tc      *tcAttacher
+	links   []link.Link
+	perf    *perf.Reader
+	ring    *ringbuf.Reader
+	perfRec perf.Record // reused by each read
+	ringRec ringbuf.Record
+	output  string
+	poll    time.Duration // how often Read looks for events without a wakeup
+	lost    atomic.Uint64 // samples the perf reader reported lost
 	// deadline is the caller's, set by SetDeadline; Read polls until then.
 	deadline atomic.Pointer[time.Time]
 	wallOff  time.Duration // wall clock minus monotonic clock
@@ -227,6 +229,13 @@ func (p *Probe) openReader(cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("open %s event buffer: %w", p.output, err)
 	}
+	// A deadline in the past: reads never block in the kernel (see Read).
+	past := time.Unix(1, 0)
+	if p.ring != nil {
+		p.ring.SetDeadline(past)
+	} else {
+		p.perf.SetDeadline(past)
+	}
 	return nil
 }
 
@@ -234,41 +243,78 @@ func (p *Probe) openReader(cfg Config) error {
 func (p *Probe) Output() string { return p.output }
 
 // Read blocks until the next event. The kernel does not wake the reader
-// for each event: Read looks every Config.Poll. After Close it returns an
-// error that wraps os.ErrClosed; after a deadline set by SetDeadline, one
-// that wraps os.ErrDeadlineExceeded.
+// for each event: when none is waiting, Read sleeps for Config.Poll and
+// looks again, so the buffers must hold what comes in one poll. After
+// Close it returns an error that wraps os.ErrClosed; after a deadline set
+// by SetDeadline, one that wraps os.ErrDeadlineExceeded. One goroutine
+// reads.
+//
+// The sleep is the runtime's, not a blocking epoll_wait: a thread blocked
+// in a system call for long makes the Go scheduler's monitor wake every
+// 20 µs for a while after taking its processor back, which on a virtual
+// machine cost more than reading the events.
 func (p *Probe) Read() (Event, error) {
 	for {
-		next := time.Now().Add(p.poll)
-		user := p.deadline.Load()
-		if user != nil && user.Before(next) {
-			next = *user
+		ev, err := p.readOne()
+		if err == nil {
+			return ev, nil
 		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return Event{}, readError(err)
+		}
+		wait := p.poll
+		if user := p.deadline.Load(); user != nil {
+			left := time.Until(*user)
+			if left <= 0 {
+				return Event{}, fmt.Errorf("read events: %w", err)
+			}
+			wait = min(wait, left)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// ReadBatch is Read, then the events already waiting behind the first, up
+// to len(buf) in all: a burst costs its reader one hand-over. It returns how
+// many events it put in buf.
+func (p *Probe) ReadBatch(buf []Event) (int, error) {
+	if len(buf) == 0 {
+		return 0, nil
+	}
+	ev, err := p.Read()
+	if err != nil {
+		return 0, err
+	}
+	buf[0] = ev
+	n := 1
+	for ; n < len(buf); n++ {
+		if buf[n], err = p.readOne(); err != nil {
+			break // none waiting, or closed: the next Read says
+		}
+	}
+	return n, nil
+}
+
+// readOne reads the next event if one is waiting, and returns an error
+// that wraps os.ErrDeadlineExceeded if none is. The records are reused:
+// events are decoded out of them.
+func (p *Probe) readOne() (Event, error) {
+	for {
 		var raw []byte
 		var err error
 		if p.ring != nil {
-			p.ring.SetDeadline(next)
-			var rec ringbuf.Record
-			rec, err = p.ring.Read()
-			raw = rec.RawSample
+			err = p.ring.ReadInto(&p.ringRec)
+			raw = p.ringRec.RawSample
 		} else {
-			p.perf.SetDeadline(next)
-			var rec perf.Record
-			rec, err = p.perf.Read()
-			if err == nil && rec.LostSamples > 0 {
-				p.lost.Add(rec.LostSamples)
+			err = p.perf.ReadInto(&p.perfRec)
+			if err == nil && p.perfRec.LostSamples > 0 {
+				p.lost.Add(p.perfRec.LostSamples)
 				continue
 			}
-			raw = rec.RawSample
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if user != nil && !time.Now().Before(*user) {
-				return Event{}, fmt.Errorf("read events: %w", err)
-			}
-			continue
+			raw = p.perfRec.RawSample
 		}
 		if err != nil {
-			return Event{}, readError(err)
+			return Event{}, err
 		}
 		ev, err := DecodeEvent(raw)
 		if err != nil {

@@ -10,9 +10,10 @@ type Probe struct{}
 // Open reports that eBPF needs Linux.
 func Open(Config) (*Probe, error) { return nil, ErrNotSupported }
 
-func (*Probe) Read() (Event, error)      { return Event{}, ErrNotSupported }
-func (*Probe) SetDeadline(time.Time)     {}
-func (*Probe) Hooks() []HookStatus       { return nil }
-func (*Probe) Stats(bool) (Stats, error) { return Stats{}, ErrNotSupported }
-func (*Probe) Output() string            { return "" }
-func (*Probe) Close() error              { return nil }
+func (*Probe) Read() (Event, error)           { return Event{}, ErrNotSupported }
+func (*Probe) ReadBatch([]Event) (int, error) { return 0, ErrNotSupported }
+func (*Probe) SetDeadline(time.Time)          {}
+func (*Probe) Hooks() []HookStatus            { return nil }
+func (*Probe) Stats(bool) (Stats, error)      { return Stats{}, ErrNotSupported }
+func (*Probe) Output() string                 { return "" }
+func (*Probe) Close() error                   { return nil }
