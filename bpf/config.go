@@ -127,8 +127,7 @@ type HookStatus struct {
 
 // Stats are the kernel side's counters, summed over CPUs.
 type Stats struct {
-	Packets      uint64 // packets the classifier ran on
-	Watched      uint64 // of which TCP on a watched port
+	Watched      uint64 // packets of TCP on a watched port
 	Duplicates   uint64 // the same packet seen at a second hook, dropped
 	Malformed    uint64
 	FlowsCreated uint64

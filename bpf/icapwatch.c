@@ -576,7 +576,6 @@ static __always_inline int classify(struct __sk_buff *skb, __u8 hook)
 	__u8 dir = 0, bit;
 	int ret;
 
-	count(CNT_PACKETS);
 	ret = parse(skb, &key, &s, &dir);
 	if (ret <= 0) {
 		if (ret < 0)

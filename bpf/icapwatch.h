@@ -54,20 +54,23 @@ enum phase {
 	PHASE_REQUEST = 2,
 };
 
-/* Per-CPU counters, read and summed by the loader. */
+/*
+ * Per-CPU counters, read and summed by the loader. Nothing is counted
+ * before the port check: a counter bumped for every packet of the host
+ * cost more than the rest of an unwatched packet's way through.
+ */
 enum counter {
-	CNT_PACKETS = 0,       /* every packet the classifier ran on */
-	CNT_WATCHED = 1,       /* TCP on a watched port */
-	CNT_DUPLICATE = 2,     /* the same packet seen at a second hook */
-	CNT_MALFORMED = 3,     /* headers that did not parse */
-	CNT_FLOWS_CREATED = 4,
-	CNT_FLOWS_DELETED = 5,
-	CNT_FLOW_FULL = 6,     /* could not insert a flow */
-	CNT_EVENTS = 7,        /* events handed to the output buffer */
-	CNT_EVENTS_LOST = 8,   /* the output buffer refused an event */
-	CNT_TRACEPOINT = 9,    /* tracepoint hits on watched ports */
-	CNT_KPROBE = 10,       /* kprobe hits on watched ports */
-	CNT_MAX = 11,
+	CNT_WATCHED = 0,       /* TCP on a watched port */
+	CNT_DUPLICATE = 1,     /* the same packet seen at a second hook */
+	CNT_MALFORMED = 2,     /* headers that did not parse */
+	CNT_FLOWS_CREATED = 3,
+	CNT_FLOWS_DELETED = 4,
+	CNT_FLOW_FULL = 5,     /* could not insert a flow */
+	CNT_EVENTS = 6,        /* events handed to the output buffer */
+	CNT_EVENTS_LOST = 7,   /* the output buffer refused an event */
+	CNT_TRACEPOINT = 8,    /* tracepoint hits on watched ports */
+	CNT_KPROBE = 9,        /* kprobe hits on watched ports */
+	CNT_MAX = 10,
 };
 
 /*

@@ -35,18 +35,17 @@ type icapwatchConfig struct {
 type icapwatchCounter uint32
 
 const (
-	icapwatchCounterCNT_PACKETS       icapwatchCounter = 0
-	icapwatchCounterCNT_WATCHED       icapwatchCounter = 1
-	icapwatchCounterCNT_DUPLICATE     icapwatchCounter = 2
-	icapwatchCounterCNT_MALFORMED     icapwatchCounter = 3
-	icapwatchCounterCNT_FLOWS_CREATED icapwatchCounter = 4
-	icapwatchCounterCNT_FLOWS_DELETED icapwatchCounter = 5
-	icapwatchCounterCNT_FLOW_FULL     icapwatchCounter = 6
-	icapwatchCounterCNT_EVENTS        icapwatchCounter = 7
-	icapwatchCounterCNT_EVENTS_LOST   icapwatchCounter = 8
-	icapwatchCounterCNT_TRACEPOINT    icapwatchCounter = 9
-	icapwatchCounterCNT_KPROBE        icapwatchCounter = 10
-	icapwatchCounterCNT_MAX           icapwatchCounter = 11
+	icapwatchCounterCNT_WATCHED       icapwatchCounter = 0
+	icapwatchCounterCNT_DUPLICATE     icapwatchCounter = 1
+	icapwatchCounterCNT_MALFORMED     icapwatchCounter = 2
+	icapwatchCounterCNT_FLOWS_CREATED icapwatchCounter = 3
+	icapwatchCounterCNT_FLOWS_DELETED icapwatchCounter = 4
+	icapwatchCounterCNT_FLOW_FULL     icapwatchCounter = 5
+	icapwatchCounterCNT_EVENTS        icapwatchCounter = 6
+	icapwatchCounterCNT_EVENTS_LOST   icapwatchCounter = 7
+	icapwatchCounterCNT_TRACEPOINT    icapwatchCounter = 8
+	icapwatchCounterCNT_KPROBE        icapwatchCounter = 9
+	icapwatchCounterCNT_MAX           icapwatchCounter = 10
 )
 
 type icapwatchDirection uint32

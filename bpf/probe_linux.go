@@ -366,15 +366,20 @@ func (p *Probe) addHook(h HookStatus) {
 	p.hooks = append(p.hooks, h)
 }
 
+// counters are the fields the kernel's counters fill, in the order of
+// enum counter.
+func (s *Stats) counters() []*uint64 {
+	return []*uint64{&s.Watched, &s.Duplicates, &s.Malformed, &s.FlowsCreated,
+		&s.FlowsDeleted, &s.FlowsFull, &s.Events, &s.EventsLost, &s.Tracepoint, &s.Kprobe}
+}
+
 // Stats reads the kernel counters. With countFlows it also walks the
 // flow table (a system call per entry: not for every second on a busy
 // host) for Flows and FlowEvictions.
 func (p *Probe) Stats(countFlows bool) (Stats, error) {
 	var s Stats
 	var perCPU []uint64
-	fields := []*uint64{&s.Packets, &s.Watched, &s.Duplicates, &s.Malformed, &s.FlowsCreated,
-		&s.FlowsDeleted, &s.FlowsFull, &s.Events, &s.EventsLost, &s.Tracepoint, &s.Kprobe}
-	for i, f := range fields {
+	for i, f := range s.counters() {
 		if err := p.coll.Maps["counters"].Lookup(uint32(i), &perCPU); err != nil {
 			return s, fmt.Errorf("read counters: %w", err)
 		}
