@@ -166,6 +166,8 @@ type flow struct {
 	// endedAt: the shown end reached CLOSE. The flow stays a little so
 	// that the other end's last packets do not make it anew.
 	endedAt time.Time
+	// prev, next: the flows' order by their last observation.
+	prev, next *flow
 }
 
 // canaryMatch: the canary's and the kernel's view of one answer are this
@@ -199,6 +201,9 @@ type Correlator struct {
 	servers map[netip.AddrPort]*server
 	other   *server
 	canary  map[netip.AddrPort]bool // local addresses of the canary's connections
+	// quiet heads a ring of the flows, least recently observed first: the
+	// flow to evict at max-flows, found without walking the table.
+	quiet flow
 	// nextStall is when the earliest open exchange crosses the threshold.
 	nextStall time.Time
 	// The hot path reuses exchanges and metric children: no allocation
@@ -215,9 +220,11 @@ func New(cfg Config, m *exporter.Metrics, emit func(Event)) (*Correlator, error)
 	if emit == nil {
 		emit = func(Event) {}
 	}
-	return &Correlator{cfg: cfg, m: m, emit: emit, flows: map[observe.Flow]*flow{},
+	c := &Correlator{cfg: cfg, m: m, emit: emit, flows: map[observe.Flow]*flow{},
 		servers: map[netip.AddrPort]*server{}, other: &server{label: ServerOther},
-		canary: map[netip.AddrPort]bool{}}, nil
+		canary: map[netip.AddrPort]bool{}}
+	c.quiet.prev, c.quiet.next = &c.quiet, &c.quiet
+	return c, nil
 }
 
 func (c *Correlator) server(addr netip.AddrPort) *server {
@@ -238,12 +245,7 @@ func (c *Correlator) lookup(key observe.Flow, now time.Time) *flow {
 		return f
 	}
 	if len(c.flows) >= c.cfg.MaxFlows {
-		var oldest *flow
-		for _, f := range c.flows {
-			if oldest == nil || f.lastSeen.Before(oldest.lastSeen) {
-				oldest = f
-			}
-		}
+		oldest := c.quiet.next
 		if oldest.ex != nil {
 			c.finish(oldest, now, OutcomeEvicted)
 		}
@@ -256,7 +258,18 @@ func (c *Correlator) lookup(key observe.Flow, now time.Time) *flow {
 	}
 	f.srv.open++
 	c.flows[key] = f
+	c.touch(f)
 	return f
+}
+
+// touch moves f to the loud end of the flows' order.
+func (c *Correlator) touch(f *flow) {
+	if f.next != nil {
+		f.prev.next, f.next.prev = f.next, f.prev
+	}
+	last := c.quiet.prev
+	f.prev, f.next = last, &c.quiet
+	last.next, c.quiet.prev = f, f
 }
 
 func firstOf(t [2]time.Time) time.Time {
@@ -281,6 +294,8 @@ func (c *Correlator) drop(f *flow) {
 	}
 	delete(c.flows, f.key)
 	delete(c.canary, f.key.Client)
+	f.prev.next, f.next.prev = f.next, f.prev
+	f.prev, f.next = nil, nil
 }
 
 // Observe takes one observation.
@@ -323,6 +338,7 @@ func (c *Correlator) Observe(o observe.Observation) {
 
 	f := c.lookup(o.Flow, o.Time)
 	f.lastSeen = o.Time
+	c.touch(f)
 	switch o.Kind {
 	case observe.ExchangeStart:
 		c.start(f, o)

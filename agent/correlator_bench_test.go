@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -39,4 +40,44 @@ func BenchmarkCorrelator(b *testing.B) {
 		o.Time = now
 		c.Observe(o)
 	}
+}
+
+// BenchmarkCorrelatorChurn opens a new connection an iteration with the
+// table full at max-flows (100,000 by default), so that each one evicts
+// the quietest flow. It also reports the heap a flow of the full table
+// holds: memory is bounded by max-flows, however many connections come.
+func BenchmarkCorrelatorChurn(b *testing.B) {
+	cfg := DefaultConfig()
+	c, err := New(cfg, exporter.NewMetrics(prometheus.NewRegistry()), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	flow := func(i int) observe.Flow { // 2001:db8::/32, room for 2^32 clients
+		a := [16]byte{0x20, 0x01, 0x0d, 0xb8, 12: byte(i >> 24), 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)}
+		return observe.Flow{Client: netip.AddrPortFrom(netip.AddrFrom16(a), 40000), Server: srvA}
+	}
+	o := observe.Observation{Source: observe.SourceKernel, Phase: observe.PhaseRequest, Time: t0}
+	var before, full runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range cfg.MaxFlows { // idle pooled connections: one answered exchange each
+		o.Flow, o.Kind, o.Dir = flow(i), observe.ExchangeStart, observe.ToServer
+		c.Observe(o)
+		o.Kind, o.Dir = observe.Answer, observe.ToClient
+		c.Observe(o)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&full)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		o.Flow, o.Kind, o.Dir = flow(cfg.MaxFlows+i), observe.ExchangeStart, observe.ToServer
+		o.Time = o.Time.Add(time.Microsecond)
+		c.Observe(o)
+	}
+	b.StopTimer()
+	if len(c.flows) != cfg.MaxFlows {
+		b.Fatalf("%d flows, want %d", len(c.flows), cfg.MaxFlows)
+	}
+	b.ReportMetric(float64(full.HeapAlloc-before.HeapAlloc)/float64(cfg.MaxFlows), "heap_B/flow")
 }

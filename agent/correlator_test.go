@@ -3,6 +3,7 @@ package agent
 import (
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -429,4 +430,32 @@ func (d *dtoMetric) read(t *testing.T, m prometheus.Metric) {
 		t.Fatal(err)
 	}
 	d.count, d.sum = pb.GetHistogram().GetSampleCount(), pb.GetHistogram().GetSampleSum()
+}
+
+// TestEvictsTheQuietest: at max-flows the flow observed least recently
+// goes, whatever order the flows came in.
+func TestEvictsTheQuietest(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxFlows = 2 })
+	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.ExchangeStart, flowB, 1).
+		obs(observe.Acked, flowA, 2). // A is the loud one now
+		obs(observe.ExchangeStart, flowC, 3)
+	open := func() string {
+		var s []string
+		for _, ex := range h.c.OpenExchanges(at(4)) {
+			s = append(s, ex.ClientAddr)
+		}
+		slices.Sort(s)
+		return strings.Join(s, " ")
+	}
+	if got, want := open(), flowA.Client.String()+" "+flowC.Client.String(); got != want {
+		t.Errorf("open after C came: %s, want %s (B evicted)", got, want)
+	}
+	// Evicted and dropped flows leave the order whole.
+	h.obs(observe.ExchangeStart, flowB, 5)
+	if got, want := open(), flowB.Client.String()+" "+flowC.Client.String(); got != want {
+		t.Errorf("open after B came back: %s, want %s (A evicted)", got, want)
+	}
+	if got := testutil.ToFloat64(h.m.FlowEvictions); got != 2 {
+		t.Errorf("evictions: %v, want 2", got)
+	}
 }
