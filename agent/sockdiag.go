@@ -50,7 +50,17 @@ type diagState struct {
 	dir         observe.Direction
 	state       int
 	fin         [2]bool // FIN inferred from the states: client, server
+	// The queues last handed out, and when: an idle socket's unchanged
+	// empty queues are told again only once a keepalive.
+	rqueue, unacked, retrans uint32
+	infoAt                   time.Time
 }
+
+// diagKeepalive: an idle socket's queues are told at least this often,
+// which keeps its flow from being taken for gone (well within the
+// correlator's idle limit). Telling a hundred thousand idle sockets'
+// empty queues at every poll cost most of the agent's time.
+const diagKeepalive = time.Minute
 
 // TCP states where a side has sent its FIN (include/net/tcp_states.h).
 const (
@@ -128,9 +138,13 @@ func (d *diagTracker) update(now time.Time, sockets []Socket, out func(observe.O
 				}
 			}
 		}
-		info := base
-		info.Kind, info.RQueue, info.Unacked, info.Retrans = observe.SocketInfo, s.RQueue, s.Unacked, s.Retrans
-		out(info)
+		if s.RQueue != 0 || s.Unacked != 0 || s.RQueue != st.rqueue || s.Unacked != st.unacked ||
+			s.Retrans != st.retrans || now.Sub(st.infoAt) >= diagKeepalive {
+			st.rqueue, st.unacked, st.retrans, st.infoAt = s.RQueue, s.Unacked, s.Retrans, now
+			info := base
+			info.Kind, info.RQueue, info.Unacked, info.Retrans = observe.SocketInfo, s.RQueue, s.Unacked, s.Retrans
+			out(info)
+		}
 		if !d.exchanges || !s.ClientEnd {
 			continue
 		}

@@ -14,13 +14,14 @@ import (
 // SockDiag reads the TCP sockets on watched ports through netlink
 // sock_diag, with their owners from /proc.
 type SockDiag struct {
-	ports   map[uint16]bool
-	proc    string // /proc, or the host's /proc mounted elsewhere
-	tracker *diagTracker
-	owners  map[uint32]procOwner // by socket inode; /proc is read again on a miss
-	filter  []byte               // the ports as inet_diag bytecode
-	buf     []byte               // netlink replies
-	sockets []Socket             // the last snapshot, reused
+	ports    map[uint16]bool
+	proc     string // /proc, or the host's /proc mounted elsewhere
+	tracker  *diagTracker
+	owners   map[uint32]procOwner // by socket inode; /proc is read again on a miss
+	nextWalk time.Time            // not before: see Sockets
+	filter   []byte               // the ports as inet_diag bytecode
+	buf      []byte               // netlink replies
+	sockets  []Socket             // the last snapshot, reused
 }
 
 // NewSockDiag watches the given ports. With exchanges, it is the fallback
@@ -65,19 +66,26 @@ func (d *SockDiag) Sockets() ([]Socket, error) {
 		}
 	}
 	d.sockets = out
-	// /proc is read again when a socket's inode is new; inodes that no
-	// process showed (another PID namespace, a socket being closed) are
-	// remembered as ownerless, so that they do not make every poll walk
-	// /proc.
-	for _, s := range out {
-		if _, ok := d.owners[s.Inode]; !ok && s.Inode != 0 {
-			d.owners = socketOwners(d.proc)
-			for _, s := range out {
-				if _, ok := d.owners[s.Inode]; !ok {
-					d.owners[s.Inode] = procOwner{}
+	// Owners come from a walk of /proc. Beside the kernel probes, one walk
+	// at the start is enough: the kernel names the process of each new
+	// connection. As the source, /proc is walked again when a socket's
+	// inode is new, but not sooner than ten times as long as the last walk
+	// took: on a host with a hundred thousand open sockets it takes a
+	// second, and new connections come in bursts. Inodes that no process
+	// showed (another PID namespace, a socket being closed) are remembered
+	// as ownerless, so that they do not call for a walk.
+	if now := time.Now(); d.owners == nil || d.tracker.exchanges && !now.Before(d.nextWalk) {
+		for _, s := range out {
+			if _, ok := d.owners[s.Inode]; d.owners == nil || !ok && s.Inode != 0 {
+				d.owners = socketOwners(d.proc)
+				for _, s := range out {
+					if _, ok := d.owners[s.Inode]; !ok {
+						d.owners[s.Inode] = procOwner{}
+					}
 				}
+				d.nextWalk = now.Add(10 * time.Since(now))
+				break
 			}
-			break
 		}
 	}
 	for i := range out {

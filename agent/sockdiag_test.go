@@ -69,3 +69,36 @@ func TestServerEndQueueIsNotUnread(t *testing.T) {
 	h.sweep(12)
 	h.wantKinds("")
 }
+
+// An idle socket's empty queues are told once, then again only after a
+// keepalive; busy or changing queues are told at every poll.
+func TestDiagTrackerTellsIdleQueuesSeldom(t *testing.T) {
+	d := newDiagTracker(false)
+	infos := 0
+	count := func(o observe.Observation) {
+		if o.Kind == observe.SocketInfo {
+			infos++
+		}
+	}
+	idle := []Socket{{Flow: flowA, ClientEnd: true, State: observe.TCPEstablished}}
+	busy := []Socket{{Flow: flowA, ClientEnd: true, State: observe.TCPEstablished, RQueue: 10}}
+	for _, step := range []struct {
+		at      float64
+		sockets []Socket
+		want    int
+	}{
+		{0, idle, 1},  // first seen
+		{3, idle, 1},  // unchanged and empty
+		{6, busy, 2},  // changed
+		{9, busy, 3},  // a queue that holds bytes, every poll
+		{12, idle, 4}, // emptied
+		{15, idle, 4}, // unchanged
+		{72, idle, 5}, // a keepalive
+		{75, idle, 5}, // and quiet again
+	} {
+		d.update(at(step.at), step.sockets, count)
+		if infos != step.want {
+			t.Fatalf("at %v s: %d socket infos told, want %d", step.at, infos, step.want)
+		}
+	}
+}

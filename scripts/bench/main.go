@@ -34,7 +34,14 @@ func main() {
 	concurrency := flag.Int("concurrency", 8, "concurrent requests")
 	rounds := flag.Int("rounds", 5, "rounds of each mode, alternating")
 	parts := flag.String("parts", "observer,footprint,idle,detection", "which measures to take, comma-separated")
+	holdN := flag.Int("hold", 0, "(internal) hold this many idle connections until stdin closes")
+	holdFrom := flag.String("hold-from", "", "(internal) their source address")
+	holdTo := flag.String("hold-to", "", "(internal) their server")
 	flag.Parse()
+	if *holdN > 0 {
+		hold(*holdN, *holdFrom, *holdTo)
+		return
+	}
 	want := map[string]bool{}
 	for _, p := range strings.Split(*parts, ",") {
 		switch p {
@@ -300,49 +307,61 @@ func footprint(bin string, port int, target string, perSecond int, d time.Durati
 	return usage{rate: l.rate, cpu: (cpu1 - cpu0).Seconds() / wall.Seconds(), rssMiB: rss(pid)}
 }
 
-// idleFlows opens n idle TCP connections to a watched port on loopback,
-// the server ends in a lab server of its own process, and measures the
-// agent while they sit: its CPU over 10 s and its RSS. It reports why not
-// when the open file limit cannot hold them.
+// idleFlows opens n idle TCP connections to a watched port on loopback
+// and measures the agent while they sit: its CPU over 10 s and its RSS.
+// A process can hold fewer connections than there are open files allowed,
+// so the server ends are spread over lab processes (one a loopback
+// address) and the client ends over holder processes (this program run
+// again with -hold).
 func idleFlows(bin string, n int) (usage, string) {
 	var lim syscall.Rlimit
 	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
-	if need := uint64(n + 1000); lim.Cur < need {
-		lim.Cur = min(need, lim.Max)
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
-		if lim.Cur < need {
-			return usage{}, fmt.Sprintf("not measured: %d connections need %d open files a process, the limit here is %d", n, need, lim.Max)
-		}
+	lim.Cur = lim.Max // the children inherit it
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	// Connections a process; also below the ephemeral port range, as each
+	// holder has a source address and a server of its own.
+	per := min(int(lim.Cur)-1000, 20000)
+	if per < 1000 {
+		return usage{}, fmt.Sprintf("not measured: the open file limit is %d", lim.Cur)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.2.1:0")
 	if err != nil {
 		log.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	lab := exec.Command(bin, "lab", "--listen", "127.0.0.1:0", "--plain-listen", addr, "--workers", "1", "--log.level", "error")
-	if err := lab.Start(); err != nil {
+	self, err := os.Executable()
+	if err != nil {
 		log.Fatal(err)
 	}
-	defer stopProcess(lab)
-	time.Sleep(500 * time.Millisecond)
-	port := ln.Addr().(*net.TCPAddr).Port
 	cmd, web, _ := startAgent(bin, port)
 	defer stopProcess(cmd)
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
+	for k := 0; k*per < n; k++ {
+		server := fmt.Sprintf("127.0.2.%d:%d", k+1, port)
+		lab := exec.Command(bin, "lab", "--listen", fmt.Sprintf("127.0.2.%d:0", k+1), "--plain-listen", server,
+			"--workers", "1", "--log.level", "error")
+		if err := lab.Start(); err != nil {
+			log.Fatal(err)
 		}
-	}()
-	for i := 0; i < n; i++ {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i/20000))}}
-		c, err := d.Dial("tcp", addr)
-		if err != nil {
-			return usage{}, fmt.Sprintf("not measured: connection %d: %v", i, err)
+		defer stopProcess(lab)
+		if err := waitListening(server); err != nil {
+			return usage{}, "not measured: " + err.Error()
 		}
-		conns = append(conns, c)
+		holder := exec.Command(self, "-hold", strconv.Itoa(min(per, n-k*per)),
+			"-hold-from", fmt.Sprintf("127.1.%d.%d", idleRuns, k+1), "-hold-to", server)
+		holder.Stderr = os.Stderr
+		stdin, _ := holder.StdinPipe()
+		stdout, _ := holder.StdoutPipe()
+		if err := holder.Start(); err != nil {
+			log.Fatal(err)
+		}
+		defer func() { stdin.Close(); holder.Wait() }()
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		if line != "ready\n" {
+			return usage{}, "not measured: " + strings.TrimSpace(line)
+		}
 	}
+	idleRuns++
 	time.Sleep(3 * time.Second) // the agent takes them in
 	pid := cmd.Process.Pid
 	cpu0, start := cpuTime(pid), time.Now()
@@ -351,6 +370,45 @@ func idleFlows(bin string, n int) (usage, string) {
 	tracked := metricLabel(scrape(web), "icapwatch_flows_tracked ")
 	log.Printf("idle flows %d: agent tracks %s flows, CPU %.2f%%, RSS %.1f MiB", n, tracked, 100*u.cpu, u.rssMiB)
 	return u, "flows tracked: " + tracked
+}
+
+// idleRuns numbers the source addresses of each idleFlows: the client ends
+// of the last run linger in TIME_WAIT and hold their ports.
+var idleRuns int
+
+// hold is the holder process: n connections from one address to one
+// server, kept until stdin closes.
+func hold(n int, from, to string) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	conns := make([]net.Conn, 0, n)
+	for i := range n {
+		c, err := d.Dial("tcp", to)
+		if err != nil {
+			fmt.Printf("connection %d of %d from %s: %v\n", i+1, n, from, err)
+			os.Exit(1)
+		}
+		conns = append(conns, c)
+	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// waitListening waits up to 10 s for a server to accept.
+func waitListening(addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func cpuTime(pid int) time.Duration {
