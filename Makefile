@@ -56,19 +56,21 @@ fixtures: ## Record the test captures in agent/testdata/captures (root; tcpdump,
 .PHONY: bench
 bench: build ## Measure cost and speed side by side (observer effect, footprint, detection, correlator, analyze vs tshark) into bench-results.md.
 	$(GO) run ./scripts/bench -bin $(BIN) -out bench-results.md
-	@printf '\n### 3. Correlator and 6. offline analysis (Go benchmarks)\n\n```\n' >> bench-results.md
-	$(GO) test -run '^$$' -bench '^Benchmark(Correlator|Analyze)$$' -benchmem ./agent | tee -a bench-results.md
+	@printf '\n### 3. Correlator, 4. sock_diag and 6. offline analysis (Go benchmarks)\n\n```\n' >> bench-results.md
+	$(GO) test -run '^$$' -bench '^Benchmark(Correlator|CorrelatorChurn|Analyze|SockDiag)$$' -benchmem ./agent | tee -a bench-results.md
 	@printf '```\n\n### 6. icapwatch analyze against tshark\n\n' >> bench-results.md
 	scripts/bench-analyze.sh $(BIN) | tee -a bench-results.md
 	@if [ "$$(id -u)" = 0 ]; then \
 		printf '\n### 2. Kernel cost\n\n```\n' >> bench-results.md; \
-		$(GO) test -run '^$$' -bench '^Benchmark(KernelCost|ClassifierRun)$$' -benchtime 20000x -count 3 ./bpf | tee -a bench-results.md; \
+		$(BENCH_BPF) | tee -a bench-results.md; \
 		printf '```\n' >> bench-results.md; fi
 	@echo "results: bench-results.md"
 
+BENCH_BPF = $(GO) test -run '^$$' -bench '^Benchmark(KernelCost|ClassifierRun)$$' -benchtime 20000x -count 3 ./bpf
+
 .PHONY: bench-bpf
-bench-bpf: ## Kernel cost: the classifier's ns per packet, watched and unwatched (root).
-	$(GO) test -run '^$$' -bench '^Benchmark(KernelCost|ClassifierRun)$$' -benchtime 20000x -count 3 ./bpf
+bench-bpf: ## Kernel cost: the classifier's ns per packet, watched and unwatched, and per event (root).
+	$(BENCH_BPF)
 
 .PHONY: lint
 lint: ## gofmt, go vet, staticcheck and a tidy go.mod.
