@@ -13,8 +13,8 @@ import (
 // A sock_diag dump of the TCP sockets on watched ports, filtered in the
 // kernel and parsed in place. On a host with tens of thousands of sockets
 // the dump runs every few seconds, so it must not leave garbage behind:
-// the request, the receive buffer and the result slice are kept between
-// dumps, and only sockets on watched ports cross into user space.
+// the receive buffer and the result slice are kept between dumps, and
+// only sockets on watched ports cross into user space.
 //
 // Layouts are from include/uapi/linux/inet_diag.h, sock_diag.h and tcp.h;
 // everything used here exists since 4.1.

@@ -17,8 +17,8 @@ type SockDiag struct {
 	ports    map[uint16]bool
 	proc     string // /proc, or the host's /proc mounted elsewhere
 	tracker  *diagTracker
-	owners   map[uint32]procOwner // by socket inode; /proc is read again on a miss
-	nextWalk time.Time            // not before: see Sockets
+	owners   map[uint32]procOwner // by socket inode, from /proc: see needWalk
+	nextWalk time.Time            // no walk of /proc before
 	filter   []byte               // the ports as inet_diag bytecode
 	buf      []byte               // netlink replies
 	sockets  []Socket             // the last snapshot, reused
@@ -66,33 +66,44 @@ func (d *SockDiag) Sockets() ([]Socket, error) {
 		}
 	}
 	d.sockets = out
-	// Owners come from a walk of /proc. Beside the kernel probes, one walk
-	// at the start is enough: the kernel names the process of each new
-	// connection. As the source, /proc is walked again when a socket's
-	// inode is new, but not sooner than ten times as long as the last walk
-	// took: on a host with a hundred thousand open sockets it takes a
-	// second, and new connections come in bursts. Inodes that no process
-	// showed (another PID namespace, a socket being closed) are remembered
-	// as ownerless, so that they do not call for a walk.
-	if now := time.Now(); d.owners == nil || d.tracker.exchanges && !now.Before(d.nextWalk) {
+	if d.needWalk(out) {
+		start := time.Now()
+		d.owners = socketOwners(d.proc)
 		for _, s := range out {
-			if _, ok := d.owners[s.Inode]; d.owners == nil || !ok && s.Inode != 0 {
-				d.owners = socketOwners(d.proc)
-				for _, s := range out {
-					if _, ok := d.owners[s.Inode]; !ok {
-						d.owners[s.Inode] = procOwner{}
-					}
-				}
-				d.nextWalk = now.Add(10 * time.Since(now))
-				break
+			if _, ok := d.owners[s.Inode]; !ok {
+				d.owners[s.Inode] = procOwner{} // ownerless: no walk for it again
 			}
 		}
+		d.nextWalk = start.Add(10 * time.Since(start))
 	}
 	for i := range out {
 		o := d.owners[out[i].Inode]
 		out[i].PID, out[i].Comm = o.pid, o.comm
 	}
 	return out, nil
+}
+
+// needWalk says whether to walk /proc for the sockets' owners. Beside the
+// kernel probes one walk at the start is enough: the kernel names the
+// process of each new connection. As the source, /proc is walked again
+// when a socket's inode is new, but not sooner than ten times as long as
+// the last walk took: on a host with a hundred thousand open sockets a
+// walk takes a second, and new connections come in bursts. Inodes that no
+// process showed (another PID namespace, a socket being closed) are
+// remembered as ownerless, so that they do not call for a walk.
+func (d *SockDiag) needWalk(sockets []Socket) bool {
+	if d.owners == nil {
+		return len(sockets) > 0
+	}
+	if !d.tracker.exchanges || time.Now().Before(d.nextWalk) {
+		return false
+	}
+	for _, s := range sockets {
+		if _, ok := d.owners[s.Inode]; !ok && s.Inode != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 type procOwner struct {
