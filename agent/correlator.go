@@ -123,14 +123,16 @@ type server struct {
 }
 
 type exchange struct {
-	start     time.Time
-	phase     observe.Phase
-	ackedAt   time.Time
-	idleAge   time.Duration
-	reused    bool
-	tentative time.Time // a MaybeTicket answer waiting to be confirmed
-	stalled   bool
-	state     string
+	start       time.Time
+	phase       observe.Phase
+	ackedAt     time.Time
+	idleAge     time.Duration
+	reused      bool
+	tentative   time.Time // a MaybeTicket answer waiting to be confirmed
+	stalled     bool
+	raced       bool
+	retransmits uint32 // request segments sent again while it is open
+	state       string
 }
 
 type flow struct {
@@ -147,10 +149,12 @@ type flow struct {
 	serverFIN     bool
 	closed        bool    // a FIN or RST was seen
 	closeReported bool    // the close event is out: initiator decided
+	ticketTaken   bool    // a possible ticket was taken as the answer after the wait
 	fin           [2]bool // FIN or RST seen from the client, the server
 	ex            *exchange
 	lastGap       time.Duration
 	answeredAt    time.Time
+	readAt        time.Time // the application last read (or was seen to have nothing to read)
 	unreadSince   time.Time
 	unread        *exchange              // an unread stall, while it lasts
 	unacked       uint32                 // request bytes the server has not ACKed, as sock_diag last read
@@ -245,11 +249,7 @@ func (c *Correlator) lookup(key observe.Flow, now time.Time) *flow {
 		return f
 	}
 	if len(c.flows) >= c.cfg.MaxFlows {
-		oldest := c.quiet.next
-		if oldest.ex != nil {
-			c.finish(oldest, now, OutcomeEvicted)
-		}
-		c.drop(oldest)
+		c.drop(c.quiet.next, now)
 		c.m.FlowEvictions.Inc()
 	}
 	f := &flow{key: key, srv: c.server(key.Server), client: ClientUnknown, lastSeen: now}
@@ -279,16 +279,19 @@ func firstOf(t [2]time.Time) time.Time {
 	return t[0]
 }
 
-func (c *Correlator) drop(f *flow) {
+// drop forgets a flow; what is still open on it ends as evicted: the
+// agent no longer follows it.
+func (c *Correlator) drop(f *flow, now time.Time) {
 	if f.closed {
 		c.reportClose(f)
 	}
 	if f.haveState {
 		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
 	}
-	if f.unread != nil {
-		c.endStall(f, f.unread, f.lastSeen, OutcomeEvicted)
+	if f.ex != nil {
+		c.finish(f, now, OutcomeEvicted)
 	}
+	c.endUnread(f, now, OutcomeEvicted)
 	if !f.closed {
 		f.srv.open--
 	}
@@ -353,7 +356,11 @@ func (c *Correlator) Observe(o observe.Observation) {
 	case observe.FIN, observe.RST:
 		c.close(f, o)
 	case observe.Retransmit:
-		c.m.Retransmits.WithLabelValues(f.srv.label).Inc()
+		n := max(o.Retrans, 1)
+		c.m.Retransmits.WithLabelValues(f.srv.label).Add(float64(n))
+		if f.ex != nil && o.Dir == observe.ToServer {
+			f.ex.retransmits += n
+		}
 	case observe.State:
 		c.state(f, o)
 	case observe.AppRead:
@@ -368,7 +375,11 @@ func (c *Correlator) Observe(o observe.Observation) {
 		if o.RQueue == 0 {
 			c.read(f, o.Time)
 		} else if f.ex == nil && f.unreadSince.IsZero() {
+			// Waiting since the answer, or since the last read of a part of it.
 			f.unreadSince = f.answeredAt
+			if f.readAt.After(f.unreadSince) {
+				f.unreadSince = f.readAt
+			}
 			if f.unreadSince.IsZero() { // answered before we knew the flow
 				f.unreadSince = o.Time
 			}
@@ -379,12 +390,12 @@ func (c *Correlator) Observe(o observe.Observation) {
 func (c *Correlator) start(f *flow, o observe.Observation) {
 	if f.ex != nil {
 		// The client speaks again: an answer held as a possible ticket was
-		// the answer after all.
+		// the answer after all. Without one, the answer was not seen (a
+		// lost event): the exchange's end is unknown.
 		if !f.ex.tentative.IsZero() {
 			c.finish(f, f.ex.tentative, OutcomeAnswered)
 		} else {
-			c.recycle(f.ex)
-			f.ex = nil
+			c.finish(f, o.Time, OutcomeEvicted)
 		}
 	}
 	c.read(f, o.Time)
@@ -415,6 +426,11 @@ func (c *Correlator) answer(f *flow, o observe.Observation) {
 	f.lastData = o.Time
 	ex := f.ex
 	if ex == nil {
+		if o.Flags&observe.AfterTicket != 0 && f.ticketTaken {
+			// The answer taken after the ticket wait was a ticket: this
+			// server sends them late; its next fresh connections wait.
+			f.srv.lateTickets = true
+		}
 		return
 	}
 	switch {
@@ -471,10 +487,11 @@ func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
 	f.srv.nextAnswer = (f.srv.nextAnswer + 1) % len(f.srv.answers)
 }
 
-// releases reports a release when the close r came within the release
-// window before the stalled answer a, on another connection.
+// releases reports a release when the server closed another connection
+// (r) within the release window before the stalled answer a: closing it
+// freed the worker that answered.
 func (c *Correlator) releases(r closeRecord, a *answerRecord) bool {
-	if a.released || r.at.IsZero() || a.at.IsZero() || r.client == a.flow.key.Client ||
+	if a.released || r.at.IsZero() || a.at.IsZero() || r.by != "server" || r.client == a.flow.key.Client ||
 		r.at.After(a.at) || a.at.Sub(r.at) > c.cfg.ReleaseWindow {
 		return false
 	}
@@ -556,23 +573,31 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 	if how == "rst" || f.fin[0] && f.fin[1] {
 		c.reportClose(f)
 	}
-	if ex := f.ex; ex != nil && side == "server" {
+	if ex := f.ex; ex != nil && side == "server" && !ex.raced {
 		d := f.serverCloseAt.Sub(ex.start)
 		kind := RaceCloseDuringReqst
-		if d <= c.cfg.RaceWindow || c.idleClose(f, ex) {
+		switch {
+		case d < 0: // the server's close (its alert) was here before the request
+			kind = RaceReuseAfterClose
+		case d <= c.cfg.RaceWindow || c.idleClose(f, ex):
 			kind = RaceCrossedClose
 		}
 		c.race(f, ex, kind, o.Time, d)
 	}
+	outcome := OutcomeClientClosed
+	switch {
+	case how == "rst":
+		outcome = OutcomeReset
+	case side == "server":
+		outcome = OutcomeServerClosed
+	}
 	if f.ex != nil {
-		outcome := OutcomeClientClosed
-		switch {
-		case how == "rst":
-			outcome = OutcomeReset
-		case side == "server":
-			outcome = OutcomeServerClosed
-		}
 		c.finish(f, o.Time, outcome)
+	}
+	// An unread answer stays readable after the server's FIN; the
+	// client's own close or a reset ends it unread.
+	if outcome != OutcomeServerClosed {
+		c.endUnread(f, o.Time, outcome)
 	}
 	if how == "rst" && f.endedAt.IsZero() {
 		f.endedAt = o.Time // more resets may follow: the flow lingers to absorb them
@@ -637,6 +662,7 @@ func (c *Correlator) idleClose(f *flow, ex *exchange) bool {
 }
 
 func (c *Correlator) race(f *flow, ex *exchange, kind string, at time.Time, requestToClose time.Duration) {
+	ex.raced = true // one race per exchange
 	c.m.IdleCloseRaces.WithLabelValues(f.srv.label, f.client, kind).Inc()
 	c.event(f, at, KindRace, map[string]any{
 		"race_kind":                kind,
@@ -685,6 +711,7 @@ func (c *Correlator) state(f *flow, o observe.Observation) {
 			}
 			c.finish(f, o.Time, outcome)
 		}
+		c.endUnread(f, o.Time, OutcomeClientClosed) // the socket is gone with the answer unread
 		if !f.closed {
 			f.closed = true
 			f.srv.open--
@@ -724,27 +751,36 @@ func (c *Correlator) relabel(f *flow, client string) {
 		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
 		c.m.Connections.WithLabelValues(f.srv.label, client, f.gaugeState).Inc()
 	}
-	if ex := f.ex; ex != nil && ex.stalled {
-		c.m.Stalled.WithLabelValues(f.srv.label, f.client, ex.state).Dec()
-		c.m.Stalled.WithLabelValues(f.srv.label, client, ex.state).Inc()
+	for _, ex := range [...]*exchange{f.ex, f.unread} {
+		if ex != nil && ex.stalled {
+			c.m.Stalled.WithLabelValues(f.srv.label, f.client, ex.state).Dec()
+			c.m.Stalled.WithLabelValues(f.srv.label, client, ex.state).Inc()
+		}
 	}
 	f.client = client
 }
 
-// checkPool compares this host's connections to a server with the
-// Max-Connections it advertises.
-func (c *Correlator) checkPool(s *server, o observe.Observation) {
-	if s.maxConns <= 0 {
-		return
+// poolGauge sets how many connections this host holds to a server above
+// the Max-Connections it advertises; it says whether they are above.
+func (c *Correlator) poolGauge(s *server) bool {
+	if s.maxConns <= 0 && !s.aboveLimit {
+		return false // no limit known, none was passed
 	}
-	over := s.open - s.maxConns
-	if over <= 0 {
-		s.aboveLimit = false
-		c.m.PoolAboveLimit.WithLabelValues(s.label).Set(0)
-		return
+	over := 0
+	if s.maxConns > 0 {
+		over = max(s.open-s.maxConns, 0)
 	}
 	c.m.PoolAboveLimit.WithLabelValues(s.label).Set(float64(over))
-	if s.aboveLimit {
+	if over == 0 {
+		s.aboveLimit = false
+	}
+	return over > 0
+}
+
+// checkPool tells, once each time it happens, that this host holds more
+// connections to a server than its Max-Connections.
+func (c *Correlator) checkPool(s *server, o observe.Observation) {
+	if !c.poolGauge(s) || s.aboveLimit {
 		return
 	}
 	s.aboveLimit = true
@@ -758,9 +794,15 @@ func (c *Correlator) checkPool(s *server, o observe.Observation) {
 
 // read: the application read what was waiting; an unread stall ends.
 func (c *Correlator) read(f *flow, at time.Time) {
+	f.readAt = at
+	c.endUnread(f, at, OutcomeAnswered)
+}
+
+// endUnread: nothing waits unread any more; a stall for it ends.
+func (c *Correlator) endUnread(f *flow, at time.Time, outcome string) {
 	f.unreadSince = time.Time{}
 	if f.unread != nil {
-		c.endStall(f, f.unread, at, OutcomeAnswered)
+		c.endStall(f, f.unread, at, outcome)
 	}
 }
 
@@ -777,20 +819,26 @@ func (c *Correlator) Sweep(now time.Time) {
 	oldest := map[*server]time.Duration{}
 	for _, s := range c.servers {
 		oldest[s] = 0
+		c.poolGauge(s) // connections closed since the last sweep
+	}
+	if len(c.servers) >= c.cfg.MaxServers { // the overflow label may be in use
+		oldest[c.other] = 0
+		c.poolGauge(c.other)
 	}
 	for _, f := range c.flows {
 		if f.closed && !f.closeReported && now.Sub(firstOf(f.closeAt)) >= c.cfg.RaceWindow {
 			c.reportClose(f)
 		}
 		if !f.endedAt.IsZero() && now.Sub(f.endedAt) >= endedLinger ||
-			f.closed && f.ex == nil && now.Sub(f.lastSeen) >= closedIdle ||
-			f.ex == nil && now.Sub(f.lastSeen) >= 2*c.cfg.ServerIdleTimeout {
-			c.drop(f)
+			f.closed && f.ex == nil && f.unreadSince.IsZero() && now.Sub(f.lastSeen) >= closedIdle ||
+			f.ex == nil && f.unreadSince.IsZero() && now.Sub(f.lastSeen) >= 2*c.cfg.ServerIdleTimeout {
+			c.drop(f, now)
 			continue
 		}
 		if ex := f.ex; ex != nil {
 			if !ex.tentative.IsZero() && now.Sub(ex.tentative) >= c.cfg.TicketWait {
 				c.finish(f, ex.tentative, OutcomeAnswered)
+				f.ticketTaken = true
 				continue
 			}
 			age := now.Sub(ex.start)
@@ -848,6 +896,7 @@ func (c *Correlator) stall(f *flow, ex *exchange, now time.Time, state string) {
 	c.event(f, now, KindStall, map[string]any{
 		"state": state, "phase": ex.phase.String(), "age_seconds": seconds(now.Sub(ex.start)),
 		"acked_after_seconds": acked, "idle_age_seconds": seconds(ex.idleAge),
+		"retransmits": ex.retransmits,
 	})
 }
 

@@ -40,6 +40,7 @@ func BenchmarkCorrelator(b *testing.B) {
 		o.Time = now
 		c.Observe(o)
 	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }
 
 // BenchmarkCorrelatorChurn opens a new connection an iteration with the
@@ -76,6 +77,7 @@ func BenchmarkCorrelatorChurn(b *testing.B) {
 		c.Observe(o)
 	}
 	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 	if len(c.flows) != cfg.MaxFlows {
 		b.Fatalf("%d flows, want %d", len(c.flows), cfg.MaxFlows)
 	}

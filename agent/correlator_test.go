@@ -178,6 +178,21 @@ func TestStallStatesAndOutcomes(t *testing.T) {
 				obs(observe.SocketInfo, flowA, 1, func(o *observe.Observation) { o.RQueue = 500 }).
 				sweep(10).sweep(10.3).obs(observe.AppRead, flowA, 14)
 		}, "stall:unread stall_end:unread:answered", StateUnread, OutcomeAnswered},
+		{"the next request without the answer seen", func(h *harness) {
+			h.obs(observe.ExchangeStart, flowA, 0).sweep(10).obs(observe.ExchangeStart, flowA, 12)
+		}, "stall:unacked stall_end:unacked:evicted", StateUnacked, OutcomeEvicted},
+		{"unread, the application closes", func(h *harness) {
+			unreadStall(h).obs(observe.FIN, flowA, 14, fromClient).sweep(16)
+		}, "stall:unread stall_end:unread:client_closed close:client", StateUnread, OutcomeClientClosed},
+		{"unread, reset", func(h *harness) {
+			unreadStall(h).obs(observe.RST, flowA, 14, fromClient)
+		}, "stall:unread close:client stall_end:unread:reset", StateUnread, OutcomeReset},
+		{"unread outlives the server's close", func(h *harness) {
+			unreadStall(h).obs(observe.FIN, flowA, 14, fromServer).sweep(16).obs(observe.AppRead, flowA, 17)
+		}, "stall:unread close:server stall_end:unread:answered", StateUnread, OutcomeAnswered},
+		{"unread, the socket is gone", func(h *harness) {
+			unreadStall(h).obs(observe.State, flowA, 14, fromClient, state(observe.TCPEstablished, observe.TCPClose))
+		}, "stall:unread stall_end:unread:client_closed", StateUnread, OutcomeClientClosed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, func(c *Config) { c.MaxFlows = 1 })
@@ -188,6 +203,54 @@ func TestStallStatesAndOutcomes(t *testing.T) {
 			h.wantMetric(h.m.StallOutcomes, 1, srvA.String(), ClientUnknown, tc.out)
 		})
 	}
+}
+
+// unreadStall: an answer stays in the receive queue past the threshold.
+func unreadStall(h *harness) *harness {
+	return h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.2).
+		obs(observe.SocketInfo, flowA, 1, rqueue(500)).sweep(10.3)
+}
+
+func rqueue(n uint32) func(*observe.Observation) {
+	return func(o *observe.Observation) { o.RQueue = n }
+}
+
+// A partial read ends an unread stall; what is left is unread from then
+// on, not from the answer.
+func TestPartialRead(t *testing.T) {
+	h := newHarness(t, nil)
+	unreadStall(h).obs(observe.AppRead, flowA, 14).obs(observe.SocketInfo, flowA, 15, rqueue(200)).sweep(16)
+	h.wantKinds("stall:unread stall_end:unread:answered")
+	h.sweep(24.5)
+	h.wantKinds("stall:unread stall_end:unread:answered stall:unread")
+	if got := h.field(KindStall, "age_seconds"); got != 10.1 {
+		t.Errorf("first stall's age %v", got)
+	}
+	h.wantMetric(h.m.Stalls, 2, srvA.String(), ClientUnknown, StateUnread)
+}
+
+// The owner learnt during an unread stall takes its gauge along.
+func TestRelabelMovesUnreadGauge(t *testing.T) {
+	h := newHarness(t, nil)
+	unreadStall(h).obs(observe.State, flowA, 12, fromClient, state(0, observe.TCPEstablished), owner(9, "scanapp"))
+	h.wantMetric(h.m.Stalled, 0, srvA.String(), ClientUnknown, StateUnread)
+	h.wantMetric(h.m.Stalled, 1, srvA.String(), "scanapp", StateUnread)
+	h.obs(observe.AppRead, flowA, 13)
+	h.wantMetric(h.m.Stalled, 0, srvA.String(), "scanapp", StateUnread)
+}
+
+// Retransmitted request segments count, and the stall says how many it
+// had: retransmits while unacked point at the path, not the server.
+func TestRetransmits(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Retransmit, flowA, 0.3, fromClient).
+		obs(observe.Retransmit, flowA, 1, fromClient, func(o *observe.Observation) { o.Retrans = 3 }).
+		obs(observe.TCPRetransmit, flowA, 1, fromClient). // the same segments, seen by the stack
+		sweep(10)
+	if got := h.field(KindStall, "retransmits"); got != uint32(4) {
+		t.Errorf("stall retransmits %v, want 4", got)
+	}
+	h.wantMetric(h.m.Retransmits, 4, srvA.String())
 }
 
 func TestStallEventFields(t *testing.T) {
@@ -234,9 +297,26 @@ func TestRaces(t *testing.T) {
 	for _, kind := range []string{RaceReuseAfterClose, RaceCrossedClose} {
 		h.wantMetric(h.m.IdleCloseRaces, 1, srvA.String(), ClientUnknown, kind)
 	}
+	// The server's reset after the reused request is the same race.
+	h.obs(observe.RST, flowB, 300.01, fromServer)
+	h.wantMetric(h.m.IdleCloseRaces, 1, srvA.String(), ClientUnknown, RaceCrossedClose)
+	h.wantMetric(h.m.IdleCloseRaces, 1, srvA.String(), ClientUnknown, RaceReuseAfterClose)
 	n, _ := histCount(t, h.m.ReuseIdleAge, srvA.String(), ClientUnknown)
 	if n != 2 {
 		t.Errorf("reuse idle age: %d observations, want 2", n)
+	}
+}
+
+// A request written after the server's close_notify, before its FIN:
+// reused after the close, not crossed.
+func TestReuseAfterCloseNotify(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.01).
+		obs(observe.TLSAlert, flowA, 300, fromServer).obs(observe.ExchangeStart, flowA, 300.005).
+		obs(observe.FIN, flowA, 300.01, fromServer)
+	h.wantKinds("tls_alert:server race:reuse_after_server_close")
+	if got := h.field(KindRace, "request_to_close_seconds"); got != -0.005 {
+		t.Errorf("request_to_close_seconds %v", got)
 	}
 }
 
@@ -266,12 +346,15 @@ func TestRelease(t *testing.T) {
 		name    string
 		answer  float64
 		release bool
-	}{{"answered 8 ms after a sibling's close", 40.008, true}, {"answered 3 s after", 43, false}} {
+		by      func(*observe.Observation)
+	}{{"answered 8 ms after a sibling's close", 40.008, true, fromServer},
+		{"answered 3 s after", 43, false, fromServer},
+		{"the client closed the sibling", 40.008, false, fromClient}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, nil)
 			h.obs(observe.ExchangeStart, flowB, 0).obs(observe.Answer, flowB, 0.01) // B goes idle
 			h.obs(observe.ExchangeStart, flowA, 1).obs(observe.Acked, flowA, 1.04).sweep(11)
-			h.obs(observe.TLSAlert, flowB, 40, fromServer).obs(observe.FIN, flowB, 40.0001, fromServer)
+			h.obs(observe.TLSAlert, flowB, 40, tc.by).obs(observe.FIN, flowB, 40.0001, tc.by)
 			h.obs(observe.Answer, flowA, tc.answer)
 			want := 0.0
 			if tc.release {
@@ -351,6 +434,17 @@ func TestSessionTickets(t *testing.T) {
 	}
 }
 
+// An answer taken after the ticket wait, then a second answer to the same
+// request: the first was a ticket. The server is learnt, and its next
+// fresh connection's stall is not missed.
+func TestLateTicketLearntAfterTheWait(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.001, flags(observe.MaybeTicket)).
+		sweep(1.5).obs(observe.Answer, flowA, 5, flags(observe.AfterTicket))
+	h.obs(observe.ExchangeStart, flowB, 10).obs(observe.Answer, flowB, 10.001, flags(observe.MaybeTicket)).sweep(20.5)
+	h.wantKinds("stall:unacked")
+}
+
 func TestConnectionsOwnersAndBounds(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxServers = 1 })
 	h.obs(observe.State, flowA, 0, fromClient, state(observe.TCPSynSent, observe.TCPEstablished), owner(4121, "scanapp"))
@@ -372,6 +466,11 @@ func TestConnectionsOwnersAndBounds(t *testing.T) {
 	}
 	h.sweep(30)
 	h.wantMetric(h.m.FlowsTracked, 1)
+	// The overflow label's oldest open exchange returns to zero too.
+	h.obs(observe.ExchangeStart, flowA2, 31).sweep(33)
+	h.wantMetric(h.m.OldestOpenExchange, 2, ServerOther)
+	h.obs(observe.Answer, flowA2, 34).sweep(35)
+	h.wantMetric(h.m.OldestOpenExchange, 0, ServerOther)
 }
 
 func TestPoolAboveServerLimitAndCanary(t *testing.T) {
@@ -399,9 +498,8 @@ func TestPoolAboveServerLimitAndCanary(t *testing.T) {
 	if n, sum := histCount(t, h.m.MeasurementSkew, srvA.String()); n != 2 || sum < 0.00059 || sum > 0.00061 {
 		t.Errorf("skew: %d observations, sum %v; want 2, 0.0006", n, sum)
 	}
-	h.obs(observe.FIN, flowA, 8, fromClient)
-	h.c.Observe(observe.Observation{Kind: observe.ServerOptions, Source: observe.SourceCanary, Time: at(8),
-		Flow: flowC, MaxConnections: 2})
+	// A connection closes: the next sweep sees the pool within the limit.
+	h.obs(observe.FIN, flowA, 8, fromClient).sweep(8.5)
 	h.wantMetric(h.m.PoolAboveLimit, 0, srvA.String())
 }
 

@@ -102,13 +102,9 @@ func (e Event) Summary() string {
 		return fmt.Sprintf("stalled %s from %s to %s ended after %s: %s",
 			what, who, e.Server, human(f["duration_seconds"].(float64)), f["outcome"])
 	case KindRelease:
-		closed := "the server idle-closed"
-		if f["sibling_closed_by"] == "client" {
-			closed = "the client closed"
-		}
-		return fmt.Sprintf("%s from %s to %s answered after %s, %s after %s a sibling connection (%s): server workers held by idle persistent connections",
+		return fmt.Sprintf("%s from %s to %s answered after %s, %s after the server idle-closed a sibling connection (%s): server workers held by idle persistent connections",
 			what, who, e.Server, human(f["stalled_seconds"].(float64)),
-			human(f["after_close_seconds"].(float64)), closed, f["sibling_client_addr"])
+			human(f["after_close_seconds"].(float64)), f["sibling_client_addr"])
 	case KindRace:
 		return fmt.Sprintf("idle-close race %s on %s to %s (idle %s)",
 			f["race_kind"], who, e.Server, human(f["idle_age_seconds"].(float64)))

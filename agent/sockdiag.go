@@ -138,6 +138,13 @@ func (d *diagTracker) update(now time.Time, sockets []Socket, out func(observe.O
 				}
 			}
 		}
+		if d.exchanges && ok && s.Retrans > st.retrans {
+			// As the wire would show them: this end sent segments again.
+			// The count at first sight happened before we looked.
+			o := base
+			o.Kind, o.Retrans = observe.Retransmit, s.Retrans-st.retrans
+			out(o)
+		}
 		if s.RQueue != 0 || s.Unacked != 0 || s.RQueue != st.rqueue || s.Unacked != st.unacked ||
 			s.Retrans != st.retrans || now.Sub(st.infoAt) >= diagKeepalive {
 			st.rqueue, st.unacked, st.retrans, st.infoAt = s.RQueue, s.Unacked, s.Retrans, now

@@ -102,3 +102,21 @@ func TestDiagTrackerTellsIdleQueuesSeldom(t *testing.T) {
 		}
 	}
 }
+
+// As the source, sock_diag tells retransmits from the sockets' counters:
+// what grew between polls, not what happened before the first one.
+func TestDiagTrackerRetransmits(t *testing.T) {
+	for _, source := range []bool{true, false} {
+		h := newHarness(t, nil)
+		d := newDiagTracker(source)
+		for i, n := range []uint32{2, 2, 5} {
+			d.update(at(float64(i)), []Socket{{Flow: flowA, ClientEnd: true, State: observe.TCPEstablished, Retrans: n}},
+				h.c.Observe)
+		}
+		want := 0.0
+		if source {
+			want = 3 // beside the kernel probes, the wire tells them
+		}
+		h.wantMetric(h.m.Retransmits, want, srvA.String())
+	}
+}

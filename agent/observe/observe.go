@@ -154,7 +154,8 @@ type Observation struct {
 	Comm               string
 	Sock               uint64 // kernel socket address: joins socket signals
 
-	// SocketInfo: what sock_diag read of the socket.
+	// SocketInfo: what sock_diag read of the socket. Retransmit: how
+	// many segments were sent again (0 is one, the wire's single segment).
 	RQueue, Unacked, Retrans uint32
 
 	// Canary signals.
