@@ -346,27 +346,13 @@ func (k *kustomizer) build(dir string, kz kustomization, objs []object) ([]objec
 			objs = append(objs, more...)
 			continue
 		}
-		if err := notAbove(dir, path); err != nil {
-			return nil, err
-		}
-		sub, err := k.load(path, "Kustomization")
-		if err != nil {
-			return nil, err
-		}
-		if objs, err = k.build(path, sub, objs); err != nil {
+		if objs, err = k.buildDir(dir, path, "Kustomization", objs); err != nil {
 			return nil, err
 		}
 	}
 	for _, c := range kz.Components {
-		path := filepath.Join(dir, c)
-		if err := notAbove(dir, path); err != nil {
-			return nil, err
-		}
-		comp, err := k.load(path, "Component")
-		if err != nil {
-			return nil, err
-		}
-		if objs, err = k.build(path, comp, objs); err != nil {
+		var err error
+		if objs, err = k.buildDir(dir, filepath.Join(dir, c), "Component", objs); err != nil {
 			return nil, err
 		}
 	}
@@ -395,6 +381,18 @@ func (k *kustomizer) build(dir string, kz kustomization, objs []object) ([]objec
 		}
 	}
 	return objs, nil
+}
+
+// buildDir builds the kustomization or component that dir lists at path.
+func (k *kustomizer) buildDir(dir, path, kind string, objs []object) ([]object, error) {
+	if err := notAbove(dir, path); err != nil {
+		return nil, err
+	}
+	sub, err := k.load(path, kind)
+	if err != nil {
+		return nil, err
+	}
+	return k.build(path, sub, objs)
 }
 
 // notAbove fails, as kustomize does ("cycle detected"), when a
