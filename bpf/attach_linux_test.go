@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/icapwatch/icapwatch/icap"
 	"github.com/icapwatch/icapwatch/internal/testutil"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 // The attach tests run the probe in a child process inside the client's
@@ -87,7 +89,7 @@ func helperProbe() int {
 // tcState is what sits on an interface's TC hooks.
 type tcState struct {
 	TCX     int      `json:"tcx"`     // programs on the TCX hooks, -1 where the kernel has none
-	Filters []string `json:"filters"` // our clsact filters
+	Filters []string `json:"filters"` // our clsact filters, as name:handle
 	Clsact  bool     `json:"clsact"`
 }
 
@@ -110,7 +112,7 @@ func helperQuery() int {
 		fs, _ := netlink.FilterList(l, parent)
 		for _, f := range fs {
 			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, filterPrefix) {
-				st.Filters = append(st.Filters, bf.Name)
+				st.Filters = append(st.Filters, fmt.Sprintf("%s:%d", bf.Name, bf.Handle))
 			}
 		}
 	}
@@ -233,49 +235,45 @@ func (s tcState) clean() bool { return s.TCX <= 0 && len(s.Filters) == 0 && !s.C
 // TestAttachVeth watches a real TLS ICAP client talk to the lab server
 // across a veth pair, and compares the kernel's gaps with the client's.
 func TestAttachVeth(t *testing.T) {
-	for _, mode := range []string{ModeAuto, TCModeNetlink} {
-		t.Run(mode, func(t *testing.T) {
+	for _, tc := range []struct {
+		name, mode string
+		ipv6       bool
+	}{
+		{ModeAuto, ModeAuto, false},
+		{TCModeNetlink, TCModeNetlink, false},
+		{"ipv6", ModeAuto, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			pair := testutil.NewVethPair(t)
-			var lab *icap.Lab
+			server := pair.ServerIP
+			if tc.ipv6 {
+				_, server = pair.AddIPv6(t)
+			}
+			addr := net.JoinHostPort(server, "11344")
 			cfg := icap.LabDefaults()
-			cfg.Listen = pair.ServerIP + ":11344"
+			cfg.Listen = addr
 			cfg.PlainListen = ""
 			cfg.Workers = 2
 			cfg.StallEvery = 3
 			cfg.StallFor = 1500 * time.Millisecond
-			if err := testutil.InNetNS(pair.Server, func() (err error) {
-				lab, err = icap.StartLab(cfg)
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer lab.Shutdown(context.Background())
+			startLabIn(t, pair.Server, cfg)
 
-			h := startHelper(t, pair.ClientNS, pair.ClientIf, mode)
+			h := startHelper(t, pair.ClientNS, pair.ClientIf, tc.mode)
 			for _, hook := range h.hooks {
 				if !hook.Optional && !hook.Attached {
 					t.Fatalf("hook %s not attached: %s", hook.Name, hook.Error)
 				}
 			}
 
-			client, err := icap.NewClient(icap.Config{
-				Target:   "icaps://" + pair.ServerIP + ":11344/" + cfg.Service,
-				Insecure: true, MaxConns: 1, Dialer: testutil.NSDialer{NS: pair.Client},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			client := labClient(t, pair, addr, cfg.Service)
 			var traces []*icap.Trace
 			for i := 0; i < 3; i++ {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				_, _, tr, err := client.Options(ctx)
-				cancel()
-				if err != nil {
-					t.Fatalf("OPTIONS %d: %v", i, err)
-				}
-				traces = append(traces, tr)
+				traces = append(traces, options(t, client))
 			}
 			local := traces[0].Conn.Local
+			if local.Addr().Is6() != tc.ipv6 {
+				t.Fatalf("client address %s: not the family under test", local)
+			}
 			client.Close()
 			time.Sleep(100 * time.Millisecond)
 			evs := h.stop(t)
@@ -294,6 +292,31 @@ func TestAttachVeth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// labClient is a TLS ICAP client of one connection, in the client's
+// namespace.
+func labClient(t *testing.T, pair *testutil.VethPair, addr, service string) *icap.Client {
+	t.Helper()
+	client, err := icap.NewClient(icap.Config{
+		Target:   "icaps://" + addr + "/" + service,
+		Insecure: true, MaxConns: 1, Dialer: testutil.NSDialer{NS: pair.Client},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
+func options(t *testing.T, client *icap.Client) *icap.Trace {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _, tr, err := client.Options(ctx)
+	if err != nil {
+		t.Fatalf("OPTIONS: %v", err)
+	}
+	return tr
 }
 
 // gapTolerance: the kernel's gap and the client's own agree within 1 ms.
@@ -404,6 +427,88 @@ func TestKilledProbeLeavesNothing(t *testing.T) {
 	}
 }
 
+// startLabIn starts a lab server in a network namespace until the test ends.
+func startLabIn(t *testing.T, ns netns.NsHandle, cfg icap.LabConfig) *icap.Lab {
+	t.Helper()
+	var lab *icap.Lab
+	if err := testutil.InNetNS(ns, func() (err error) {
+		lab, err = icap.StartLab(cfg)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Shutdown(context.Background()) })
+	return lab
+}
+
+// TestTwoProbesShareAnInterface: a second instance in netlink mode (an
+// `icapwatch check` beside the agent, or a second agent) neither removes
+// nor replaces the first one's filters, and each one's Close takes only
+// its own.
+func TestTwoProbesShareAnInterface(t *testing.T) {
+	pair := testutil.NewVethPair(t)
+	addr := net.JoinHostPort(pair.ServerIP, "11344")
+	cfg := icap.LabDefaults()
+	cfg.Listen, cfg.PlainListen = addr, ""
+	startLabIn(t, pair.Server, cfg)
+
+	first := startHelper(t, pair.ClientNS, pair.ClientIf, TCModeNetlink)
+	own := queryTC(t, pair.ClientNS, pair.ClientIf).Filters
+	if len(own) != 2 {
+		t.Fatalf("first probe: want 2 filters, got %v", own)
+	}
+	second := startHelper(t, pair.ClientNS, pair.ClientIf, TCModeNetlink)
+	both := queryTC(t, pair.ClientNS, pair.ClientIf).Filters
+	if len(both) != 4 || !containsAll(both, own) {
+		t.Fatalf("after the second probe started: filters %v, want the first's %v and two more", both, own)
+	}
+
+	client := labClient(t, pair, addr, cfg.Service)
+	defer client.Close()
+	local := options(t, client).Conn.Local
+	firstEvs := first.stop(t)
+	left := queryTC(t, pair.ClientNS, pair.ClientIf)
+	if len(left.Filters) != 2 || containsAll(left.Filters, own[:1]) || !left.Clsact {
+		t.Fatalf("after the first probe closed: %+v, want only the second's 2 filters", left)
+	}
+	options(t, client)
+	client.Close()
+	time.Sleep(100 * time.Millisecond)
+	secondEvs := second.stop(t)
+
+	requests := func(evs []Event) int {
+		n := 0
+		for _, ev := range evs {
+			if ev.Client == local && ev.Type == EventExchangeStart && ev.Phase == PhaseRequest {
+				n++
+			}
+		}
+		return n
+	}
+	if n := requests(firstEvs); n != 1 {
+		t.Errorf("the first probe saw %d requests, want 1:\n%s", n, describe(firstEvs))
+	}
+	if n := requests(secondEvs); n != 2 {
+		t.Errorf("the second probe saw %d requests, want 2 (one after the first probe closed):\n%s", n, describe(secondEvs))
+	}
+	if st := queryTC(t, pair.ClientNS, pair.ClientIf); !st.clean() {
+		t.Errorf("after both closed: %+v left", st)
+	}
+}
+
+func containsAll(list, want []string) bool {
+	for _, w := range want {
+		found := false
+		for _, v := range list {
+			found = found || v == w
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
 func kill(t *testing.T, h *helper) {
 	t.Helper()
 	// ip netns exec execs the probe: the child is the probe itself.
@@ -425,6 +530,10 @@ func TestFollowsNewInterfaces(t *testing.T) {
 	h := startHelper(t, pair.ClientNS, "", ModeAuto)
 	if !strings.Contains(h.hooks[1].Detail, pair.ClientIf) {
 		t.Fatalf("egress not on %s at start: %+v", pair.ClientIf, h.hooks)
+	}
+	// Egress sees every loopback packet: ingress stays off lo.
+	if st := queryTC(t, pair.ClientNS, "lo"); st.TCX+len(st.Filters) != 1 {
+		t.Errorf("lo: want the egress program alone, got %+v", st)
 	}
 	const dummy = "icwnew0"
 	for _, args := range [][]string{

@@ -222,3 +222,50 @@ func returnOnly(b *testing.B) *ebpf.Program {
 	b.Cleanup(func() { prog.Close() })
 	return prog
 }
+
+// BenchmarkStatsCountFlows is Stats(true) on a full default flow table
+// (65536 entries), in batches and one entry a call: what the agent pays
+// each time it reads the eviction estimate.
+func BenchmarkStatsCountFlows(b *testing.B) {
+	p := loadForRun(b, OutputPerf)
+	flows := p.coll.Maps["flows"]
+	n := int(flows.MaxEntries())
+	keys := make([]icapwatchFlowKey, n)
+	vals := make([]icapwatchFlow, n)
+	for i := range keys {
+		keys[i].Family = unix.AF_INET
+		keys[i].Client = [16]uint8{192, 0, 2, 1}
+		keys[i].Server = [16]uint8{192, 0, 2, 2}
+		keys[i].ClientPort = uint16(i)
+		keys[i].ServerPort = uint16(i >> 16)
+	}
+	if _, err := flows.BatchUpdate(keys, vals, nil); err != nil {
+		b.Fatal(err)
+	}
+	// The LRU keeps some free entries on each CPU's list: it evicts a few
+	// before it is full.
+	full, err := p.Stats(true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if full.Flows < n*99/100 {
+		b.Fatalf("%d flows in the table, want about %d", full.Flows, n)
+	}
+	for _, mode := range []struct {
+		name    string
+		noBatch bool
+	}{{"batch", false}, {"iterate", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			p.noBatch = mode.noBatch
+			for i := 0; i < b.N; i++ {
+				s, err := p.Stats(true)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if s.Flows != full.Flows {
+					b.Fatalf("counted %d flows, want %d", s.Flows, full.Flows)
+				}
+			}
+		})
+	}
+}

@@ -2,7 +2,10 @@ package bpf
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"sort"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -10,7 +13,8 @@ import (
 )
 
 // Check loads every program and attaches every hook for real, on the
-// loopback interface, then takes them off again.
+// loopback interface, then takes them off again. When the programs do not
+// load together, it loads each alone to say which one fails.
 func Check(cfg Config) Report {
 	r := Report{CanRun: true}
 	var uts unix.Utsname
@@ -22,31 +26,40 @@ func Check(cfg Config) Report {
 	} else {
 		r.add("btf", false, true, "no kernel BTF: the kprobes cannot find struct offsets")
 	}
-	if root, err := FindTracefs(); err == nil {
+	switch root, err := FindTracefs(); {
+	case err == nil:
 		r.add("tracefs", true, false, root)
-	} else {
+	case errors.Is(err, ErrNoTracefs):
 		r.add("tracefs", true, false, "not mounted; the agent mounts it at "+TracefsPaths[0])
+	default:
+		r.add("tracefs", false, false, err.Error())
 	}
 	if m, err := isMountPoint("/sys/fs/bpf"); err == nil && m {
 		r.add("bpffs", true, true, "/sys/fs/bpf (not needed: nothing is pinned)")
 	} else {
 		r.add("bpffs", true, true, "not mounted (not needed: nothing is pinned)")
 	}
-	r.add("perf_event_array", features.HaveMapType(ebpf.PerfEventArray) == nil, false, "event output")
+	perfErr := features.HaveMapType(ebpf.PerfEventArray)
+	r.add("perf_event_array", perfErr == nil, false, detail(perfErr, "event output"))
 	ringErr := features.HaveMapType(ebpf.RingBuf)
 	r.add("ring_buffer", ringErr == nil, true, detail(ringErr, "events through the BPF ring buffer"))
 
 	cfg.Interfaces = []string{"lo"}
 	cfg.attachLoopbackIngress = true
-	p, err := Open(cfg)
+	p, kprobes, err := load(cfg)
 	if err != nil {
-		r.add("load_and_attach", false, false, err.Error())
+		// The verifier's log follows the first line; the lines of each
+		// program below end with its last.
+		first, _, _ := strings.Cut(err.Error(), "\n")
+		r.add("load", false, false, first)
+		r.checkPrograms(cfg)
 		return r
 	}
 	r.Output = p.Output()
+	attachErr := p.attach(cfg, kprobes)
 	r.Hooks = p.Hooks()
 	for _, h := range r.Hooks {
-		if h.Name == HookTCIngress {
+		if h.Name == HookTCIngress && h.Mode != "" {
 			r.add("tcx", h.Mode == TCModeTCX, true, "TC mode "+h.Mode)
 		}
 	}
@@ -57,10 +70,67 @@ func Check(cfg Config) Report {
 		}
 		r.add(h.Name, h.Attached, h.Optional, why)
 	}
+	if attachErr != nil {
+		r.add("attach", false, false, attachErr.Error())
+	}
 	if err := p.Close(); err != nil {
 		r.add("detach", false, false, err.Error())
 	}
 	return r
+}
+
+// programHooks names the hook of each program, in the report's order.
+var programHooks = []struct{ prog, hook string }{
+	{"icapwatch_ingress", HookTCIngress},
+	{"icapwatch_egress", HookTCEgress},
+	{"icapwatch_state", HookSetState},
+	{"icapwatch_retransmit", HookRetransmitSKB},
+	{"icapwatch_sendmsg", HookSendmsg},
+	{"icapwatch_cleanup_rbuf", HookCleanupRbuf},
+}
+
+// checkPrograms loads each program of the baseline object alone, with the
+// maps, and reports one line for each.
+func (r *Report) checkPrograms(cfg Config) {
+	spec, err := loadSpec(OutputPerf)
+	if err != nil {
+		r.add("object", false, false, err.Error())
+		return
+	}
+	spec.Maps["flows"].MaxEntries = cfg.MaxFlows
+	hooks := map[string]string{}
+	var names []string
+	for _, ph := range programHooks {
+		if spec.Programs[ph.prog] != nil {
+			hooks[ph.prog] = ph.hook
+			names = append(names, ph.prog)
+		}
+	}
+	var others []string // none today
+	for name := range spec.Programs {
+		if hooks[name] == "" {
+			hooks[name] = name
+			others = append(others, name)
+		}
+	}
+	sort.Strings(others)
+	for _, name := range append(names, others...) {
+		one := spec.Copy()
+		for other := range one.Programs {
+			if other != name {
+				delete(one.Programs, other)
+			}
+		}
+		hook := hooks[name]
+		optional := spec.Programs[name].Type == ebpf.Kprobe
+		coll, err := ebpf.NewCollection(one)
+		if err != nil {
+			r.add("load "+hook, false, optional, fmt.Sprintf("program %s: %v", name, needs(err, capsLoad)))
+			continue
+		}
+		coll.Close()
+		r.add("load "+hook, true, optional, "program "+name+" loads")
+	}
 }
 
 func detail(err error, ok string) string {
@@ -70,7 +140,7 @@ func detail(err error, ok string) string {
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		return "not supported by this kernel"
 	}
-	return err.Error()
+	return needs(err, "CAP_BPF, or CAP_SYS_ADMIN on kernels before 5.8").Error()
 }
 
 func isMountPoint(path string) (bool, error) {

@@ -48,13 +48,25 @@ func gateViolations(spec *ebpf.CollectionSpec) []string {
 		if !strings.Contains(p.License, "GPL") {
 			out = append(out, fmt.Sprintf("program %s: license %q is not GPL-compatible", name, p.License))
 		}
-		n := 0
+		n, jmp32, firstJmp32 := 0, 0, 0
 		for i, ins := range p.Instructions {
 			n += int(ins.Size() / asm.InstructionSize)
 			if ins.IsBuiltinCall() && ins.Constant > maxHelper4_18 {
 				out = append(out, fmt.Sprintf("program %s: instruction %d calls helper %s (%d > %d)",
 					name, i, asm.BuiltinFunc(ins.Constant), ins.Constant, maxHelper4_18))
 			}
+			// BPF_JMP32 (class 0x06) came in 5.1; clang emits it for
+			// -mcpu=v3 and newer.
+			if ins.OpCode.Class() == asm.Jump32Class {
+				if jmp32 == 0 {
+					firstJmp32 = i
+				}
+				jmp32++
+			}
+		}
+		if jmp32 > 0 {
+			out = append(out, fmt.Sprintf("program %s: %d BPF_JMP32 instructions, the first at %d (JMP32 needs 5.1)",
+				name, jmp32, firstJmp32))
 		}
 		if from, to, ok := backEdge(p.Instructions); ok {
 			out = append(out, fmt.Sprintf("program %s: back-edge from %d to %d (loops need 5.3)", name, from, to))
@@ -172,10 +184,12 @@ func TestGateCatchesViolations(t *testing.T) {
 			asm.Mov.Imm(asm.R0, 0),
 			asm.FnRingbufOutput.Call(),
 			asm.JEq.Imm(asm.R0, 0, "x"),
+			asm.JEq.Imm32(asm.R0, 0, "y"),
 			asm.Return(),
 		},
 	}
 	prog.Instructions[2].Offset = -3 // back to the first instruction: a loop
+	prog.Instructions[3].Offset = 0  // a 32-bit jump to the next one
 	for len(prog.Instructions) <= maxInsns4_18 {
 		prog.Instructions = append(prog.Instructions, asm.Mov.Imm(asm.R0, 0))
 	}
@@ -187,7 +201,8 @@ func TestGateCatchesViolations(t *testing.T) {
 		Programs: map[string]*ebpf.ProgramSpec{"p": prog},
 	}
 	got := strings.Join(gateViolations(spec), "\n")
-	for _, want := range []string{"global data", "type RingBuf", "not GPL", "helper", "back-edge", "instructions, more than"} {
+	for _, want := range []string{"global data", "type RingBuf", "not GPL", "helper", "back-edge",
+		"instructions, more than", "1 BPF_JMP32 instructions, the first at 3"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("gate did not report %q; it said:\n%s", want, got)
 		}

@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime"
 	"sync"
@@ -38,6 +39,12 @@ type Probe struct {
 	deadline atomic.Pointer[time.Time]
 	wallOff  time.Duration // wall clock minus monotonic clock
 
+	// statsMu guards the flow counting's state.
+	statsMu   sync.Mutex
+	noBatch   bool // the kernel has no BPF_MAP_LOOKUP_BATCH
+	batchKeys []icapwatchFlowKey
+	batchVals []icapwatchFlow
+
 	mu       sync.Mutex
 	hooks    []HookStatus
 	unmount  string // tracefs mounted by Open, unmounted by Close
@@ -59,9 +66,23 @@ func Open(cfg Config) (p *Probe, err error) {
 	return p, nil
 }
 
+// loadOptions are for tests.
+type loadOptions struct {
+	// verifyKprobes loads the kprobe programs even where the kernel has no
+	// kprobes to attach them to (the program type exists wherever
+	// tracepoint programs do), so the verifier checks them.
+	verifyKprobes bool
+	// edit changes each spec before it is loaded, to make a load fail.
+	edit func(*ebpf.CollectionSpec)
+}
+
 // load prepares the kernel side without attaching anything: Program.Run
 // tests use it as it is.
 func load(cfg Config) (p *Probe, kprobes bool, err error) {
+	return loadWith(cfg, loadOptions{})
+}
+
+func loadWith(cfg Config, opts loadOptions) (p *Probe, kprobes bool, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, false, err
 	}
@@ -70,15 +91,19 @@ func load(cfg Config) (p *Probe, kprobes bool, err error) {
 		log = hclog.NewNullLogger()
 	}
 	p = &Probe{log: log}
+	opened := p // the error returns below clear p
 	defer func() {
 		if err != nil {
-			p.Close()
+			opened.Close()
 		}
 	}()
 
-	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, false, fmt.Errorf("raise RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE on kernels before 5.11): %w", err)
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Without
+	// CAP_SYS_RESOURCE the limit stays, which matters only if the load then
+	// fails: the error says both.
+	memlockErr := rlimit.RemoveMemlock()
+	if memlockErr != nil {
+		log.Debug("RLIMIT_MEMLOCK not raised", "error", memlockErr)
 	}
 	root, mounted, err := ensureTracefs()
 	if err != nil {
@@ -93,7 +118,7 @@ func load(cfg Config) (p *Probe, kprobes bool, err error) {
 		return nil, false, err
 	}
 	kprobes = cfg.Kprobes != KprobesOff
-	if kprobes {
+	if kprobes && !opts.verifyKprobes {
 		if reason := kprobeSettings(&settings); reason != "" {
 			kprobes = false
 			p.addHook(HookStatus{Name: HookSendmsg, Optional: true, Error: reason})
@@ -101,28 +126,57 @@ func load(cfg Config) (p *Probe, kprobes bool, err error) {
 		}
 	}
 
-	p.output = cfg.Output
-	if p.output == ModeAuto {
-		p.output = OutputPerf
+	output := cfg.Output
+	if output == ModeAuto {
+		output = OutputPerf
 		if features.HaveMapType(ebpf.RingBuf) == nil {
-			p.output = OutputRing
+			output = OutputRing
 		}
 	}
-	spec, err := loadSpec(p.output)
+	// What to try, best first: an optional program or the ring buffer
+	// that the kernel refuses costs the upgrade, not the agent.
+	type attempt struct {
+		output  string
+		kprobes bool
+	}
+	attempts := []attempt{{output, kprobes}}
+	if kprobes {
+		attempts = append(attempts, attempt{output, false})
+	}
+	if output == OutputRing && cfg.Output == ModeAuto {
+		attempts = append(attempts, attempt{OutputPerf, kprobes})
+		if kprobes {
+			attempts = append(attempts, attempt{OutputPerf, false})
+		}
+	}
+	var kprobeErr, ringErr error // the last of each variant's
+	for _, try := range attempts {
+		p.output = try.output
+		p.coll, err = loadCollection(cfg, try.output, try.kprobes, opts.edit)
+		if err == nil {
+			if try.kprobes != kprobes && kprobeErr != nil {
+				kprobes = false
+				why := "not loaded: " + kprobeErr.Error()
+				p.addHook(HookStatus{Name: HookSendmsg, Optional: true, Error: why})
+				p.addHook(HookStatus{Name: HookCleanupRbuf, Optional: true, Error: why})
+				log.Warn("optional kprobe programs did not load; running without them", "error", kprobeErr)
+			}
+			if try.output != output {
+				log.Warn("the ring buffer object did not load; events go through the perf buffer",
+					"error", ringErr)
+			}
+			break
+		}
+		if try.kprobes {
+			kprobeErr = err
+		}
+		if try.output == OutputRing {
+			ringErr = err
+		}
+	}
 	if err != nil {
-		return nil, false, err
-	}
-	spec.Maps["flows"].MaxEntries = cfg.MaxFlows
-	if p.output == OutputRing {
-		spec.Maps["events"].MaxEntries = uint32(cfg.RingBuffer)
-	}
-	if !kprobes {
-		delete(spec.Programs, "icapwatch_sendmsg")
-		delete(spec.Programs, "icapwatch_cleanup_rbuf")
-	}
-	p.coll, err = ebpf.NewCollection(spec)
-	if err != nil {
-		return nil, false, loadError(err)
+		// The last attempt is the baseline: its error is what stops us.
+		return nil, false, loadError(err, memlockErr)
 	}
 	if err := p.configure(cfg, settings); err != nil {
 		return nil, false, err
@@ -133,6 +187,29 @@ func load(cfg Config) (p *Probe, kprobes bool, err error) {
 	p.wallOff = wallOffset()
 	p.poll = cfg.Poll
 	return p, kprobes, nil
+}
+
+// loadCollection loads one variant of the object.
+func loadCollection(cfg Config, output string, kprobes bool, edit func(*ebpf.CollectionSpec)) (*ebpf.Collection, error) {
+	spec, err := loadSpec(output)
+	if err != nil {
+		return nil, err
+	}
+	spec.Maps["flows"].MaxEntries = cfg.MaxFlows
+	if output == OutputRing {
+		spec.Maps["events"].MaxEntries = uint32(cfg.RingBuffer)
+	}
+	if !kprobes {
+		for name, prog := range spec.Programs {
+			if prog.Type == ebpf.Kprobe {
+				delete(spec.Programs, name)
+			}
+		}
+	}
+	if edit != nil {
+		edit(spec)
+	}
+	return ebpf.NewCollection(spec)
 }
 
 func (p *Probe) attach(cfg Config, kprobes bool) error {
@@ -150,7 +227,7 @@ func (p *Probe) attach(cfg Config, kprobes bool) error {
 	} {
 		l, err := link.Tracepoint(tp.group, tp.name, p.coll.Programs[tp.prog], nil)
 		if err != nil {
-			return fmt.Errorf("attach tracepoint %s/%s: %w", tp.group, tp.name, err)
+			return fmt.Errorf("attach tracepoint %s/%s: %w", tp.group, tp.name, tracepointError(err))
 		}
 		p.links = append(p.links, l)
 		p.addHook(HookStatus{Name: tp.hook, Attached: true, Mode: "perf_event"})
@@ -189,16 +266,44 @@ func loadSpec(output string) (*ebpf.CollectionSpec, error) {
 	return spec, nil
 }
 
+// Capabilities, as the errors name them.
+const (
+	capsLoad       = "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN on kernels before 5.8"
+	capsTracepoint = "CAP_PERFMON, or CAP_SYS_ADMIN on kernels before 5.8"
+)
+
 // loadError keeps the verifier's log and says which capability is missing.
-func loadError(err error) error {
+func loadError(err, memlockErr error) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
 		return fmt.Errorf("load eBPF programs: the verifier refused them:\n%+v", ve)
 	}
 	if errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("load eBPF programs: %w (needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN on kernels before 5.8)", err)
+		if memlockErr != nil {
+			return fmt.Errorf("load eBPF programs: %w (needs %s; on kernels before 5.11 also CAP_SYS_RESOURCE to raise RLIMIT_MEMLOCK, which failed: %v)",
+				err, capsLoad, memlockErr)
+		}
+		return fmt.Errorf("load eBPF programs: %w (needs %s)", err, capsLoad)
 	}
 	return fmt.Errorf("load eBPF programs: %w", err)
+}
+
+// needs adds the missing capability to a permission error.
+func needs(err error, caps string) error {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("%w (needs %s)", err, caps)
+	}
+	return err
+}
+
+// tracepointError: the tracepoint's ID comes from a tracefs file, the
+// attach is a perf event.
+func tracepointError(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return needs(err, capsTracefs)
+	}
+	return needs(err, capsTracepoint)
 }
 
 // configure writes the settings and the watched-port bitmap.
@@ -373,9 +478,11 @@ func (s *Stats) counters() []*uint64 {
 		&s.FlowsDeleted, &s.FlowsFull, &s.Events, &s.EventsLost, &s.Tracepoint, &s.Kprobe}
 }
 
-// Stats reads the kernel counters. With countFlows it also walks the
-// flow table (a system call per entry: not for every second on a busy
-// host) for Flows and FlowEvictions.
+// Stats reads the kernel counters. With countFlows it also counts the
+// flow table's entries, for Flows and FlowEvictions: in batches of
+// flowBatch entries a system call (kernels 5.6+), else one entry a call.
+// A full default table (65536 flows) takes a few milliseconds in batches:
+// cheap enough every few seconds, not for every event.
 func (p *Probe) Stats(countFlows bool) (Stats, error) {
 	var s Stats
 	var perCPU []uint64
@@ -391,19 +498,63 @@ func (p *Probe) Stats(countFlows bool) (Stats, error) {
 	if !countFlows {
 		return s, nil
 	}
-	var key icapwatchFlowKey
-	var val icapwatchFlow
-	it := p.coll.Maps["flows"].Iterate()
-	for it.Next(&key, &val) {
-		s.Flows++
-	}
-	if err := it.Err(); err != nil {
+	n, err := p.countFlows()
+	if err != nil {
 		return s, fmt.Errorf("count flows: %w", err)
 	}
+	s.Flows = n
+	// Flows created while we counted make this an underestimate, never
+	// an overestimate.
 	if gone := s.FlowsDeleted + uint64(s.Flows); s.FlowsCreated > gone {
 		s.FlowEvictions = s.FlowsCreated - gone
 	}
 	return s, nil
+}
+
+// flowBatch is how many flow entries one batch lookup returns at most.
+const flowBatch = 1024
+
+// countFlows counts the flow table, one caller at a time (the buffers are
+// reused).
+func (p *Probe) countFlows() (int, error) {
+	p.statsMu.Lock()
+	defer p.statsMu.Unlock()
+	m := p.coll.Maps["flows"]
+	if !p.noBatch {
+		if p.batchKeys == nil {
+			p.batchKeys = make([]icapwatchFlowKey, flowBatch)
+			p.batchVals = make([]icapwatchFlow, flowBatch)
+		}
+		var cursor ebpf.MapBatchCursor
+		total := 0
+		for {
+			n, err := m.BatchLookup(&cursor, p.batchKeys, p.batchVals, nil)
+			total += n
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				return total, nil // the end
+			}
+			if err == nil {
+				continue
+			}
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				p.noBatch = true
+				p.batchKeys, p.batchVals = nil, nil
+				p.log.Debug("no batch lookups on this kernel: counting flows one by one")
+			} else {
+				// ENOSPC: a hash bucket larger than the batch.
+				p.log.Debug("batch lookup failed: counting flows one by one", "error", err)
+			}
+			break
+		}
+	}
+	var key icapwatchFlowKey
+	var val icapwatchFlow
+	n := 0
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		n++
+	}
+	return n, it.Err()
 }
 
 // Programs returns the loaded programs by name, for statistics and tests.
@@ -453,6 +604,9 @@ func ensureTracefs() (root string, mounted bool, err error) {
 	root, err = FindTracefs()
 	if err == nil {
 		return root, false, nil
+	}
+	if !errors.Is(err, ErrNoTracefs) {
+		return "", false, err // there, but not for us
 	}
 	root = TracefsPaths[0]
 	if err := unix.Mount("nodev", root, "tracefs", 0, ""); err != nil {

@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -23,8 +24,13 @@ const (
 	filterEgress  = filterPrefix + "_egress"
 	// tcPriority is ours: other cls_bpf users sit at 1 (tc(8)'s default
 	// for the first filter) and upwards, and we return TC_ACT_UNSPEC, so
-	// our place in the chain changes nothing for them.
+	// our place in the chain changes nothing for them. Instances share
+	// the priority and differ by handle: cls_bpf runs every filter of a
+	// priority in turn while they return TC_ACT_UNSPEC.
 	tcPriority = 0x1ca9
+	// maxInstances bounds the instances (agents, `icapwatch check`) that
+	// can hold clsact filters in one network namespace at once.
+	maxInstances = 64
 )
 
 type tcIface struct {
@@ -32,6 +38,7 @@ type tcIface struct {
 	links      []link.Link
 	filters    []*netlink.BpfFilter
 	qdiscAdded bool
+	egressOnly bool // loopback: egress sees every packet
 }
 
 // tcAttacher keeps the classifier on the chosen interfaces, including
@@ -42,18 +49,24 @@ type tcAttacher struct {
 	explicit        map[string]bool // nil: every interface that is up
 	loopbackIngress bool
 
-	mu     sync.Mutex
-	mode   string // tcx or netlink, decided by the first attach in auto mode
-	ifaces map[int]*tcIface
-	errs   map[string]string
-	closed bool
+	// handle is this instance's cls_bpf filter handle, owned through
+	// lock for as long as the instance runs (see takeInstanceLock).
+	handle uint32
+	lock   int
+
+	mu      sync.Mutex
+	mode    string // tcx or netlink, decided by the first attach in auto mode
+	ifaces  map[int]*tcIface
+	errs    map[string]string
+	leftOut map[string]bool // interfaces already logged as left out
+	closed  bool
 
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
 func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, log hclog.Logger) (*tcAttacher, error) {
-	a := &tcAttacher{log: log, ingress: ingress, egress: egress,
+	a := &tcAttacher{log: log, ingress: ingress, egress: egress, lock: -1,
 		ifaces: map[int]*tcIface{}, errs: map[string]string{}, done: make(chan struct{})}
 	if cfg.TC != ModeAuto {
 		a.mode = cfg.TC
@@ -65,11 +78,19 @@ func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, log hclog.Logger) 
 			a.explicit[name] = true
 		}
 	}
+	// TCX links need no lock, but the mode is known only after the first
+	// attach, and the lock costs a socket.
+	var err error
+	if a.handle, a.lock, err = takeInstanceLock(); err != nil {
+		return nil, err
+	}
+	log.Debug("took TC instance lock", "handle", a.handle)
 	links, err := netlink.LinkList()
 	if err != nil {
+		a.releaseLock()
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
-	removeStaleFilters(links, log)
+	removeStaleFilters(links, a.handle, log)
 
 	// Subscribe before the first attach so no interface slips between.
 	updates := make(chan netlink.LinkUpdate, 64)
@@ -82,6 +103,7 @@ func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, log hclog.Logger) 
 			}
 		},
 	}); err != nil {
+		a.releaseLock()
 		return nil, fmt.Errorf("subscribe to interface updates: %w", err)
 	}
 	a.wg.Add(1)
@@ -93,7 +115,11 @@ func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, log hclog.Logger) 
 	for _, l := range links {
 		name := l.Attrs().Name
 		found[name] = true
-		if !a.selected(l) {
+		ok, err := a.choose(l)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if !ok {
 			continue
 		}
 		if err := a.attach(l); err != nil {
@@ -120,13 +146,41 @@ func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, log hclog.Logger) 
 	return a, nil
 }
 
-// selected: given by name, or up when none were given.
-func (a *tcAttacher) selected(l netlink.Link) bool {
+// choose says whether to attach to an interface: given by name (or any,
+// when none were given), up, and with frames the classifier can parse. The
+// classifier reads a 14-byte Ethernet header (loopback has one too), so
+// interfaces of other link types (WireGuard, tun, GRE, InfiniBand ...) are
+// left out with a log line, and naming one explicitly is an error.
+func (a *tcAttacher) choose(l netlink.Link) (bool, error) {
 	attrs := l.Attrs()
-	if a.explicit != nil {
-		return a.explicit[attrs.Name] && attrs.Flags&unix.IFF_UP != 0
+	if a.explicit != nil && !a.explicit[attrs.Name] {
+		return false, nil
 	}
-	return attrs.Flags&unix.IFF_UP != 0
+	if !ethernetFraming(attrs) {
+		if a.explicit != nil {
+			return false, fmt.Errorf("interface %s has link type %s: the classifier reads Ethernet frames only",
+				attrs.Name, linkType(attrs))
+		}
+		if a.firstNotice(attrs.Name) {
+			a.log.Info("interface left out: the classifier reads Ethernet frames only",
+				"interface", attrs.Name, "link_type", linkType(attrs))
+		}
+		return false, nil
+	}
+	return attrs.Flags&net.FlagUp != 0, nil
+}
+
+// ethernetFraming: ARPHRD_ETHER (netlink's "ether": physical NICs, veth,
+// bridges, bonds, VLANs, tap, VXLAN ...) or loopback.
+func ethernetFraming(attrs *netlink.LinkAttrs) bool {
+	return attrs.EncapType == "ether" || attrs.EncapType == "loopback" || attrs.Flags&net.FlagLoopback != 0
+}
+
+func linkType(attrs *netlink.LinkAttrs) string {
+	if attrs.EncapType == "" {
+		return "unknown"
+	}
+	return attrs.EncapType
 }
 
 func (a *tcAttacher) follow(updates <-chan netlink.LinkUpdate) {
@@ -147,7 +201,13 @@ func (a *tcAttacher) follow(updates <-chan netlink.LinkUpdate) {
 			a.mu.Lock()
 			_, have := a.ifaces[idx]
 			a.mu.Unlock()
-			if have || !a.selected(u.Link) {
+			if have {
+				continue
+			}
+			if ok, err := a.choose(u.Link); !ok {
+				if err != nil && a.firstNotice(u.Attrs().Name) {
+					a.log.Warn("interface left out", "error", err)
+				}
 				continue
 			}
 			if err := a.attach(u.Link); err != nil {
@@ -172,8 +232,9 @@ func (a *tcAttacher) attach(l netlink.Link) error {
 	if _, ok := a.ifaces[attrs.Index]; ok {
 		return nil
 	}
-	loopback := attrs.Flags&unix.IFF_LOOPBACK != 0 && !a.loopbackIngress
-	iface := &tcIface{name: attrs.Name}
+	// Flags are net.Flags, not IFF_ bits (IFF_LOOPBACK is FlagPointToPoint's bit).
+	loopback := attrs.Flags&net.FlagLoopback != 0 && !a.loopbackIngress
+	iface := &tcIface{name: attrs.Name, egressOnly: loopback}
 	var err error
 	if a.mode == "" || a.mode == TCModeTCX {
 		err = a.attachTCX(iface, attrs.Index, loopback)
@@ -188,6 +249,7 @@ func (a *tcAttacher) attach(l netlink.Link) error {
 		err = a.attachFilters(iface, l, loopback)
 	}
 	if err != nil {
+		err = needs(err, "CAP_NET_ADMIN")
 		a.errs[attrs.Name] = err.Error()
 		detach(iface, a.log)
 		return fmt.Errorf("attach tc on %s: %w", attrs.Name, err)
@@ -227,6 +289,9 @@ func (a *tcAttacher) attachFilters(iface *tcIface, l netlink.Link, loopback bool
 	case err == nil:
 		iface.qdiscAdded = true
 	case errors.Is(err, unix.EEXIST):
+		// A clsact that holds only icapwatch filters was added by another
+		// instance: whichever of us stops last removes it.
+		iface.qdiscAdded = onlyOurFilters(l)
 	default:
 		return fmt.Errorf("add clsact qdisc: %w", err)
 	}
@@ -244,7 +309,7 @@ func (a *tcAttacher) attachFilters(iface *tcIface, l netlink.Link, loopback bool
 		}
 		f := &netlink.BpfFilter{
 			FilterAttrs: netlink.FilterAttrs{LinkIndex: attrs.Index, Parent: h.parent,
-				Handle: netlink.MakeHandle(0, 1), Protocol: unix.ETH_P_ALL, Priority: tcPriority},
+				Handle: a.handle, Protocol: unix.ETH_P_ALL, Priority: tcPriority},
 			Fd: h.prog.FD(), Name: h.name, DirectAction: true,
 		}
 		if err := netlink.FilterReplace(f); err != nil {
@@ -298,9 +363,31 @@ func removeEmptyClsact(index int, name string, log hclog.Logger) {
 	}
 }
 
+// onlyOurFilters: the interface's clsact holds filters, all of them
+// icapwatch's.
+func onlyOurFilters(l netlink.Link) bool {
+	n := 0
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		fs, err := netlink.FilterList(l, parent)
+		if err != nil {
+			return false
+		}
+		for _, f := range fs {
+			if bf, ok := f.(*netlink.BpfFilter); !ok || !strings.HasPrefix(bf.Name, filterPrefix) {
+				return false
+			}
+			n++
+		}
+	}
+	return n > 0
+}
+
 // removeStaleFilters deletes filters of ours that a run which did not stop
-// cleanly left behind, and the clsact qdiscs that held only them.
-func removeStaleFilters(links []netlink.Link, log hclog.Logger) {
+// cleanly left behind, and the clsact qdiscs that held only them. A filter
+// is stale when no live instance holds the lock of its handle; the handle
+// this instance now holds (own) was a dead one's.
+func removeStaleFilters(links []netlink.Link, own uint32, log hclog.Logger) {
+	alive := map[uint32]bool{}
 	for _, l := range links {
 		removed := 0
 		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
@@ -313,18 +400,103 @@ func removeStaleFilters(links []netlink.Link, log hclog.Logger) {
 				if !ok || !strings.HasPrefix(bf.Name, filterPrefix) {
 					continue
 				}
+				h := bf.Handle
+				if _, seen := alive[h]; !seen && h != own {
+					live, err := lockHeld(h)
+					if err != nil {
+						log.Warn("cannot tell whether a filter's owner runs; left in place",
+							"interface", l.Attrs().Name, "filter", bf.Name, "handle", h, "error", err)
+						live = true
+					}
+					alive[h] = live
+				}
+				if alive[h] {
+					continue // a running instance's
+				}
 				if err := netlink.FilterDel(bf); err != nil && !gone(err) {
 					log.Warn("remove stale filter", "interface", l.Attrs().Name, "filter", bf.Name, "error", err)
 					continue
 				}
 				removed++
-				log.Info("removed stale filter", "interface", l.Attrs().Name, "filter", bf.Name)
+				log.Info("removed stale filter", "interface", l.Attrs().Name, "filter", bf.Name, "handle", h)
 			}
 		}
 		if removed > 0 {
 			removeEmptyClsact(l.Attrs().Index, l.Attrs().Name, log)
 		}
 	}
+}
+
+// The instance lock: an abstract unix socket "@icapwatch/tc/N" bound for as
+// long as the instance runs, N being the handle of its clsact filters.
+// Abstract sockets belong to the network namespace, as TC filters do
+// (containers with host networking share them), and the kernel releases
+// them when the process ends, SIGKILL included: a handle whose socket can
+// be bound has no live owner.
+func lockName(handle uint32) string { return fmt.Sprintf("@icapwatch/tc/%d", handle) }
+
+func bindLock(handle uint32) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("instance lock socket: %w", err)
+	}
+	// A leading '@' makes x/sys/unix bind in the abstract namespace.
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: lockName(handle)}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// takeInstanceLock binds the first free lock and returns its handle.
+func takeInstanceLock() (uint32, int, error) {
+	for h := uint32(1); h <= maxInstances; h++ {
+		fd, err := bindLock(h)
+		if err == nil {
+			return h, fd, nil
+		}
+		if !errors.Is(err, unix.EADDRINUSE) {
+			return 0, -1, fmt.Errorf("take TC instance lock %s: %w", lockName(h), err)
+		}
+	}
+	return 0, -1, fmt.Errorf("take TC instance lock: %d icapwatch instances already run in this network namespace", maxInstances)
+}
+
+// lockHeld says whether a live instance holds handle's lock. The probe
+// socket is closed at once, so a starting instance can take the handle.
+func lockHeld(handle uint32) (bool, error) {
+	fd, err := bindLock(handle)
+	switch {
+	case err == nil:
+		unix.Close(fd)
+		return false, nil
+	case errors.Is(err, unix.EADDRINUSE):
+		return true, nil
+	default:
+		return false, err
+	}
+}
+
+func (a *tcAttacher) releaseLock() {
+	if a.lock >= 0 {
+		unix.Close(a.lock)
+		a.lock = -1
+	}
+}
+
+// firstNotice says whether an interface is left out for the first time:
+// link updates come on every change of state, the log line once.
+func (a *tcAttacher) firstNotice(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.leftOut[name] {
+		return false
+	}
+	if a.leftOut == nil {
+		a.leftOut = map[string]bool{}
+	}
+	a.leftOut[name] = true
+	return true
 }
 
 func (a *tcAttacher) forget(index int) {
@@ -344,7 +516,8 @@ func (a *tcAttacher) status() []HookStatus {
 	var in, out []string
 	for _, iface := range a.ifaces {
 		out = append(out, iface.name)
-		if len(iface.links)+len(iface.filters) == 2 {
+		// On loopback, egress does ingress's work too.
+		if len(iface.links)+len(iface.filters) == 2 || iface.egressOnly {
 			in = append(in, iface.name)
 		}
 	}
@@ -378,5 +551,8 @@ func (a *tcAttacher) close() error {
 	for _, iface := range ifaces {
 		errs = append(errs, detach(iface, a.log))
 	}
+	// Only now: with the lock free, a starting instance takes what is
+	// left as stale.
+	a.releaseLock()
 	return errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,6 +25,9 @@ var TracefsPaths = []string{"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}
 
 // ErrNoTracefs says tracefs is not mounted where the agent looks.
 var ErrNoTracefs = errors.New("tracefs is not mounted: mount it with `mount -t tracefs nodev /sys/kernel/tracing`")
+
+// capsTracefs: tracefs is root's, mode 0700.
+const capsTracefs = "root, or CAP_DAC_READ_SEARCH"
 
 // Field is one field of a tracepoint's record.
 type Field struct {
@@ -52,11 +56,15 @@ func (f Format) Field(name string) (Field, error) {
 }
 
 // FindTracefs returns the first path in TracefsPaths where tracefs is
-// mounted, or ErrNoTracefs.
+// mounted, or ErrNoTracefs, or a permission error when it cannot be read.
 func FindTracefs() (string, error) {
 	for _, p := range TracefsPaths {
-		if _, err := os.Stat(filepath.Join(p, "events")); err == nil {
+		_, err := os.Stat(filepath.Join(p, "events"))
+		if err == nil {
 			return p, nil
+		}
+		if errors.Is(err, fs.ErrPermission) {
+			return "", fmt.Errorf("read tracefs: %w (needs %s)", err, capsTracefs)
 		}
 	}
 	return "", ErrNoTracefs
@@ -66,6 +74,9 @@ func FindTracefs() (string, error) {
 func ReadFormat(root, system, event string) (Format, error) {
 	path := filepath.Join(root, "events", system, event, "format")
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrPermission) {
+		return Format{}, fmt.Errorf("tracepoint %s:%s: %w (needs %s)", system, event, err, capsTracefs)
+	}
 	if err != nil {
 		return Format{}, fmt.Errorf("tracepoint %s:%s: %w", system, event, err)
 	}

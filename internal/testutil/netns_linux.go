@@ -66,6 +66,23 @@ func NewVethPair(t testing.TB) *VethPair {
 	return p
 }
 
+// AddIPv6 gives the pair the client 2001:db8::1 and the server
+// 2001:db8::2, usable at once (no duplicate address detection), and
+// returns them.
+func (p *VethPair) AddIPv6(t testing.TB) (client, server string) {
+	t.Helper()
+	client, server = "2001:db8::1", "2001:db8::2"
+	for _, side := range []struct{ ns, dev, ip string }{
+		{p.ClientNS, p.ClientIf, client}, {p.ServerNS, p.ServerIf, server},
+	} {
+		args := []string{"-n", side.ns, "addr", "add", side.ip + "/64", "dev", side.dev, "nodad"}
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	return client, server
+}
+
 // InNetNS runs fn on an OS thread moved into ns. Sockets that fn creates
 // stay in ns wherever they are used later. The thread is thrown away
 // afterwards rather than moved back.
