@@ -311,10 +311,10 @@ func (c *Correlator) Observe(o observe.Observation) {
 	}
 	switch o.Kind {
 	case observe.CanaryConn:
+		// The flow is made now, so that the mark leaves with it even when
+		// the kernel never shows the connection (a failed handshake).
 		c.canary[o.Flow.Client] = true
-		if f, ok := c.flows[o.Flow]; ok {
-			c.relabel(f, ClientCanary)
-		}
+		c.relabel(c.lookup(o.Flow, o.Time), ClientCanary)
 		return
 	case observe.ServerOptions:
 		s := c.server(o.Flow.Server)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,13 @@ import (
 // sockDiagBeside is how often sock_diag is read beside the kernel probes:
 // well within the stall threshold, for unread answers.
 const sockDiagBeside = 3 * time.Second
+
+// kernelFlowsEvery is how often the kernel's flow table is counted for its
+// evictions: a walk of the whole table, so not every sweep.
+const kernelFlowsEvery = 15 * time.Second
+
+// landingExchanges bounds the open exchanges the landing page lists.
+const landingExchanges = 20
 
 // Sources of wire observations.
 const (
@@ -49,6 +57,7 @@ type DaemonConfig struct {
 	Ports         []uint16
 	Interfaces    []string
 	Source        string
+	TCMode        string // auto, tcx or netlink (clsact filters)
 	Correlator    Config
 	SweepInterval time.Duration
 	Canary        CanaryConfig
@@ -58,6 +67,8 @@ type DaemonConfig struct {
 	Logger        hclog.Logger
 	// OnEvent, when set, is told of every event too (the demo's timeline).
 	OnEvent func(Event)
+
+	kernelFlowsEvery time.Duration // 0: kernelFlowsEvery; tests shorten it
 }
 
 // DefaultDaemonConfig returns the agent's defaults.
@@ -65,6 +76,7 @@ func DefaultDaemonConfig() DaemonConfig {
 	return DaemonConfig{
 		Ports:         []uint16{icap.TLSPort, icap.PlainPort},
 		Source:        SourceAuto,
+		TCMode:        bpf.ModeAuto,
 		Correlator:    DefaultConfig(),
 		SweepInterval: time.Second,
 		Canary:        CanaryConfig{Interval: 30 * time.Second, PoolSize: 1, MaxIdle: 60 * time.Second},
@@ -83,6 +95,11 @@ func (c DaemonConfig) Validate() error {
 	case SourceAuto, SourceBPF, SourceSockDiag:
 	default:
 		return fmt.Errorf("--source %q: want auto, bpf or sockdiag", c.Source)
+	}
+	switch c.TCMode {
+	case bpf.ModeAuto, bpf.TCModeTCX, bpf.TCModeNetlink:
+	default:
+		return fmt.Errorf("--tc-mode %q: want auto, tcx or netlink", c.TCMode)
 	}
 	if err := c.Correlator.Validate(); err != nil {
 		return err
@@ -112,7 +129,7 @@ func (c DaemonConfig) Validate() error {
 			return fmt.Errorf("--canary.ca: %w", err)
 		}
 	}
-	return nil
+	return c.Web.Validate()
 }
 
 // Daemon is the running agent.
@@ -208,12 +225,27 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The flow counter reads the probe's maps: it has stopped before the
+	// probe closes, whichever way Run returns.
+	counted := make(chan struct{})
 	if probe != nil {
 		defer probe.Close()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			d.readKernel(ctx, probe, batches, free)
+		}()
+		go func() {
+			defer close(counted)
+			every := kernelFlowsEvery
+			if d.cfg.kernelFlowsEvery > 0 {
+				every = d.cfg.kernelFlowsEvery
+			}
+			d.countKernelEvictions(ctx, probe, every)
+		}()
+		defer func() {
+			cancel()
+			<-counted
 		}()
 	}
 	d.ready.Store(true)
@@ -286,6 +318,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			start := time.Now()
 			var err error
 			if probe != nil {
+				<-counted
 				err = probe.Close() // unblocks the reader
 			}
 			wg.Wait()
@@ -307,6 +340,7 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 	if source != SourceSockDiag {
 		cfg := bpf.DefaultConfig()
 		cfg.Ports, cfg.Interfaces, cfg.Logger = d.cfg.Ports, d.cfg.Interfaces, d.log.Named("bpf")
+		cfg.TC, cfg.MaxFlows = d.cfg.TCMode, kernelFlows(d.cfg.Correlator.MaxFlows)
 		p, err := bpf.Open(cfg)
 		switch {
 		case err == nil:
@@ -339,6 +373,40 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 	}
 	d.log.Info("source", "source", source, "ports", fmt.Sprint(d.cfg.Ports))
 	return probe, NewSockDiag(d.cfg.Ports, d.cfg.Proc, source == SourceSockDiag), nil
+}
+
+// kernelFlows sizes the kernel's flow table as --max-flows, within the
+// bounds bpf.Config.Validate accepts.
+func kernelFlows(maxFlows int) uint32 {
+	return uint32(min(max(maxFlows, 16), 1<<24))
+}
+
+// countKernelEvictions exports, every interval, how many flows the
+// kernel's LRU table dropped since the last look. The count is an
+// estimate that can dip while flows come and go during the walk, so only
+// a rise past the highest seen is exported.
+func (d *Daemon) countKernelEvictions(ctx context.Context, p *bpf.Probe, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var seen uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		st, err := p.Stats(true)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("count kernel flows", "error", err)
+			}
+			continue
+		}
+		if st.FlowEvictions > seen {
+			d.m.KernelFlowEvictions.Add(float64(st.FlowEvictions - seen))
+			seen = st.FlowEvictions
+		}
+	}
 }
 
 func (d *Daemon) readKernel(ctx context.Context, p *bpf.Probe, batches chan<- []observe.Observation, free <-chan []observe.Observation) {
@@ -446,11 +514,21 @@ func (d *Daemon) Status() exporter.Status {
 	for _, h := range d.hooks {
 		st.Hooks = append(st.Hooks, exporter.Hook{Name: h.Name, Attached: h.Attached, Mode: h.Mode, Error: h.Error})
 	}
-	for _, ex := range d.corr.OpenExchanges(time.Now()) {
+	open := d.openExchanges()
+	for _, ex := range open {
 		st.Open++
 		if ex.State != "open" {
 			st.Stalled++
 		}
+	}
+	for _, ex := range open[:min(len(open), landingExchanges)] {
+		client := ex.Client
+		if ex.PID != 0 {
+			client = fmt.Sprintf("%s (pid %d)", ex.Client, ex.PID)
+		}
+		st.Oldest = append(st.Oldest, exporter.Exchange{Server: ex.Server, Client: client, ClientAddr: ex.ClientAddr,
+			Phase: ex.Phase, State: ex.State,
+			Age: time.Duration(ex.AgeSeconds * float64(time.Second)).Round(100 * time.Millisecond)})
 	}
 	evs := d.recent()
 	for i := max(0, len(evs)-20); i < len(evs); i++ {
@@ -459,14 +537,29 @@ func (d *Daemon) Status() exporter.Status {
 	return st
 }
 
-// Exchanges implements exporter.Backend.
+// Exchanges implements exporter.Backend: the open exchanges, oldest first.
 func (d *Daemon) Exchanges() any {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.openExchanges()
+}
+
+// openExchanges lists the open exchanges oldest first (ties by client
+// address, so the order is stable); d.mu is held.
+func (d *Daemon) openExchanges() []OpenExchange {
 	ex := d.corr.OpenExchanges(time.Now())
 	if ex == nil {
-		ex = []OpenExchange{}
+		return []OpenExchange{}
 	}
+	sort.Slice(ex, func(i, j int) bool {
+		if ex[i].AgeSeconds != ex[j].AgeSeconds {
+			return ex[i].AgeSeconds > ex[j].AgeSeconds
+		}
+		if ex[i].ClientAddr != ex[j].ClientAddr {
+			return ex[i].ClientAddr < ex[j].ClientAddr
+		}
+		return ex[i].Phase < ex[j].Phase
+	})
 	return ex
 }
 

@@ -484,15 +484,6 @@ func applyJSONPatch(doc map[string]any, ops []jsonOp) (map[string]any, error) {
 	return out, json.Unmarshal(docJSON, &out)
 }
 
-// decodeJSONPatch reads a JSON patch written in JSON or YAML, strictly.
-func decodeJSONPatch(b []byte) ([]jsonOp, error) {
-	var ops []jsonOp
-	if err := yaml.UnmarshalStrict(b, &ops); err != nil {
-		return nil, err
-	}
-	return ops, nil
-}
-
 // The kustomizer must fail where kustomize would; a broken kustomizer
 // would let any manifest pass.
 func TestKustomizerFails(t *testing.T) {

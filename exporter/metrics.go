@@ -21,34 +21,35 @@ var IdleAgeBuckets = []float64{1, 5, 10, 30, 60, 120, 180, 240, 270, 285, 295, 3
 
 // Metrics are the agent's metrics, by the names of the contract.
 type Metrics struct {
-	ExchangeDuration   *prometheus.HistogramVec // server, client, phase
-	Stalls             *prometheus.CounterVec   // server, client, state
-	Stalled            *prometheus.GaugeVec     // server, client, state
-	OldestOpenExchange *prometheus.GaugeVec     // server
-	StallOutcomes      *prometheus.CounterVec   // server, client, outcome
-	StallReleases      *prometheus.CounterVec   // server, cause
-	IdleCloseRaces     *prometheus.CounterVec   // server, client, kind
-	ReuseIdleAge       *prometheus.HistogramVec // server, client
-	TLSAlerts          *prometheus.CounterVec   // server, direction
-	Connections        *prometheus.GaugeVec     // server, client, state
-	ConnectionCloses   *prometheus.CounterVec   // server, client, initiator, how
-	Retransmits        *prometheus.CounterVec   // server
-	MeasurementSkew    *prometheus.HistogramVec // target
-	PoolAboveLimit     *prometheus.GaugeVec     // server
-	ServerMaxConns     *prometheus.GaugeVec     // target
-	ServerIdleTimeout  *prometheus.GaugeVec     // target
-	ProbeSuccess       *prometheus.GaugeVec     // target
-	ProbePhase         *prometheus.HistogramVec // target, conn, phase
-	ProbeFailures      *prometheus.CounterVec   // target, reason
-	PoolConnections    *prometheus.GaugeVec     // target, state
-	PoolExhausted      *prometheus.CounterVec   // target
-	Events             *prometheus.CounterVec   // source
-	EventsLost         *prometheus.CounterVec   // source
-	Source             *prometheus.GaugeVec     // source: 1 for the one in use
-	FlowsTracked       prometheus.Gauge
-	FlowEvictions      prometheus.Counter
-	HookAttached       *prometheus.GaugeVec // hook
-	BuildInfo          *prometheus.GaugeVec // version, goversion
+	ExchangeDuration    *prometheus.HistogramVec // server, client, phase
+	Stalls              *prometheus.CounterVec   // server, client, state
+	Stalled             *prometheus.GaugeVec     // server, client, state
+	OldestOpenExchange  *prometheus.GaugeVec     // server
+	StallOutcomes       *prometheus.CounterVec   // server, client, outcome
+	StallReleases       *prometheus.CounterVec   // server, cause
+	IdleCloseRaces      *prometheus.CounterVec   // server, client, kind
+	ReuseIdleAge        *prometheus.HistogramVec // server, client
+	TLSAlerts           *prometheus.CounterVec   // server, direction
+	Connections         *prometheus.GaugeVec     // server, client, state
+	ConnectionCloses    *prometheus.CounterVec   // server, client, initiator, how
+	Retransmits         *prometheus.CounterVec   // server
+	MeasurementSkew     *prometheus.HistogramVec // target
+	PoolAboveLimit      *prometheus.GaugeVec     // server
+	ServerMaxConns      *prometheus.GaugeVec     // target
+	ServerIdleTimeout   *prometheus.GaugeVec     // target
+	ProbeSuccess        *prometheus.GaugeVec     // target
+	ProbePhase          *prometheus.HistogramVec // target, conn, phase
+	ProbeFailures       *prometheus.CounterVec   // target, reason
+	PoolConnections     *prometheus.GaugeVec     // target, state
+	PoolExhausted       *prometheus.CounterVec   // target
+	Events              *prometheus.CounterVec   // source
+	EventsLost          *prometheus.CounterVec   // source
+	Source              *prometheus.GaugeVec     // source: 1 for the one in use
+	FlowsTracked        prometheus.Gauge
+	FlowEvictions       prometheus.Counter
+	KernelFlowEvictions prometheus.Counter   // estimated from the kernel's counters
+	HookAttached        *prometheus.GaugeVec // hook
+	BuildInfo           *prometheus.GaugeVec // version, goversion
 }
 
 func name(n string) string { return prometheus.BuildFQName(namespace, "", n) }
@@ -117,6 +118,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Flows the correlator tracks."}),
 		FlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("flow_evictions_total"),
 			Help: "Flows dropped to stay within max-flows."}),
+		KernelFlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("kernel_flow_evictions_total"),
+			Help: "Flows the kernel's flow table (max-flows entries) dropped to make room, estimated from its counters."}),
 		HookAttached: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("kernel_hook_attached"),
 			Help: "1 when the kernel hook is attached."}, []string{"hook"}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("build_info"),
@@ -129,7 +132,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.ConnectionCloses, m.Retransmits, m.MeasurementSkew, m.PoolAboveLimit, m.ServerMaxConns,
 			m.ServerIdleTimeout, m.ProbeSuccess, m.ProbePhase, m.ProbeFailures, m.PoolConnections,
 			m.PoolExhausted, m.Events, m.EventsLost, m.Source, m.FlowsTracked, m.FlowEvictions,
-			m.HookAttached, m.BuildInfo)
+			m.KernelFlowEvictions, m.HookAttached, m.BuildInfo)
 	}
 	return m
 }

@@ -1,6 +1,10 @@
 package exporter
 
 import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,8 +29,45 @@ func TestMetricsLint(t *testing.T) {
 		t.Errorf("%s: %s", p.Metric, p.Text)
 	}
 	n, err := testutil.GatherAndCount(reg, "icapwatch_exchange_duration_seconds", "icapwatch_stalls_total",
-		"icapwatch_build_info", "icapwatch_flows_tracked", "icapwatch_flow_evictions_total")
-	if err != nil || n != 5 {
-		t.Errorf("contract metrics: %d of 5 (%v)", n, err)
+		"icapwatch_build_info", "icapwatch_flows_tracked", "icapwatch_flow_evictions_total",
+		"icapwatch_kernel_flow_evictions_total")
+	if err != nil || n != 6 {
+		t.Errorf("contract metrics and the kernel's evictions: %d of 6 (%v)", n, err)
+	}
+}
+
+// collecting is a Registerer that keeps what is registered.
+type collecting struct{ cs []prometheus.Collector }
+
+func (c *collecting) Register(x prometheus.Collector) error   { c.cs = append(c.cs, x); return nil }
+func (c *collecting) MustRegister(xs ...prometheus.Collector) { c.cs = append(c.cs, xs...) }
+func (c *collecting) Unregister(prometheus.Collector) bool    { return false }
+
+// The README's metrics table lists every metric the agent defines.
+func TestREADMEListsEveryMetric(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reg collecting
+	NewMetrics(&reg)
+	fqName := regexp.MustCompile(`fqName: "([a-z_]+)"`)
+	n := 0
+	for _, c := range reg.cs {
+		descs := make(chan *prometheus.Desc, 8)
+		go func() { c.Describe(descs); close(descs) }()
+		for d := range descs {
+			m := fqName.FindStringSubmatch(d.String())
+			if m == nil {
+				t.Fatalf("no name in %s", d)
+			}
+			n++
+			if !strings.Contains(string(readme), "| `"+m[1]+"` |") {
+				t.Errorf("README.md's metrics table lacks %s", m[1])
+			}
+		}
+	}
+	if n < 25 {
+		t.Errorf("only %d metrics described", n)
 	}
 }

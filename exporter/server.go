@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/icapwatch/icapwatch/internal/version"
@@ -25,15 +27,26 @@ type Hook struct {
 	Error    string
 }
 
+// Exchange is one open exchange on the landing page.
+type Exchange struct {
+	Server     string
+	Client     string // process name, with its PID when known
+	ClientAddr string
+	Phase      string
+	State      string // open, or the stall state
+	Age        time.Duration
+}
+
 // Status is the agent's state for the landing page and /readyz.
 type Status struct {
 	Ready   bool
 	Source  string // bpf or sockdiag
 	Hooks   []Hook
-	Open    int      // open exchanges
-	Stalled int      // of which stalled
-	Recent  []string // the last events, one line each, newest last
-	Targets []string // canary targets
+	Open    int        // open exchanges
+	Stalled int        // of which stalled
+	Oldest  []Exchange // the oldest open exchanges, oldest first, a bounded few
+	Recent  []string   // the last events, one line each, newest last
+	Targets []string   // canary targets
 }
 
 // Backend is what the agent shows through HTTP.
@@ -89,6 +102,10 @@ var landing = template.Must(template.New("landing").Parse(`<!doctype html>
 <body><h1>icapwatch</h1><p>{{.Version}}</p>
 <p>Source: <b>{{.Source}}</b>. Ready: {{if .Ready}}<span class="ok">yes</span>{{else}}<span class="bad">no</span>{{end}}.
 Open exchanges: {{.Open}}, stalled: {{if .Stalled}}<span class="bad">{{.Stalled}}</span>{{else}}0{{end}}.</p>
+{{if .Oldest}}<h2>Open exchanges{{if gt .Open (len .Oldest)}} (the {{len .Oldest}} oldest){{end}}</h2>
+<table><tr><th>age</th><th>state</th><th>phase</th><th>client</th><th>client address</th><th>server</th></tr>
+{{range .Oldest}}<tr><td>{{.Age}}</td><td>{{if eq .State "open"}}open{{else}}<span class="bad">{{.State}}</span>{{end}}</td><td>{{.Phase}}</td><td>{{.Client}}</td><td>{{.ClientAddr}}</td><td>{{.Server}}</td></tr>
+{{end}}</table>{{end}}
 {{if .Hooks}}<h2>Kernel hooks</h2><table><tr><th>hook</th><th>attached</th><th>mode</th><th>error</th></tr>
 {{range .Hooks}}<tr><td>{{.Name}}</td><td>{{if .Attached}}<span class="ok">yes</span>{{else}}<span class="bad">no</span>{{end}}</td><td>{{.Mode}}</td><td>{{.Error}}</td></tr>
 {{end}}</table>{{end}}
@@ -104,6 +121,41 @@ Open exchanges: {{.Open}}, stalled: {{if .Stalled}}<span class="bad">{{.Stalled}
 type WebConfig struct {
 	ListenAddress string // --web.listen-address
 	ConfigFile    string // --web.config.file: TLS and basic auth
+}
+
+// Validate checks the flags before anything starts, naming the one that is
+// wrong: a listen address that cannot be one, a web configuration file
+// that is missing or invalid.
+func (c WebConfig) Validate() error {
+	host, port, err := net.SplitHostPort(c.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("--web.listen-address %q: want host:port, such as :9344 or 127.0.0.1:9344", c.ListenAddress)
+	}
+	// A numeric port or a service name (/etc/services); LookupPort refuses
+	// numbers beyond 65535 without asking any resolver.
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("--web.listen-address %q: port %q is not a TCP port", c.ListenAddress, port)
+	}
+	if looksNumeric(host) {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("--web.listen-address %q: %q is not an IP address", c.ListenAddress, host)
+		}
+	}
+	if c.ConfigFile != "" {
+		if err := web.Validate(c.ConfigFile); err != nil {
+			return fmt.Errorf("--web.config.file %s: %w", c.ConfigFile, err)
+		}
+	}
+	return nil
+}
+
+// looksNumeric: an address literal rather than a host name (names have a
+// letter somewhere; IPv6 literals have a colon).
+func looksNumeric(host string) bool {
+	if host == "" {
+		return false
+	}
+	return strings.Contains(host, ":") || strings.Trim(host, "0123456789.") == ""
 }
 
 // Serve listens and serves h until ctx ends, then shuts down within 5 s.

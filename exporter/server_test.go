@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/icapwatch/icapwatch/internal/logging"
@@ -18,7 +19,9 @@ type fakeBackend struct{ ready bool }
 
 func (f fakeBackend) Status() Status {
 	return Status{Ready: f.ready, Source: "bpf", Hooks: []Hook{{Name: "tc_egress", Attached: true, Mode: "tcx"}},
-		Recent: []string{"12:00:00.000 a <stall>"}}
+		Recent: []string{"12:00:00.000 a <stall>"}, Open: 30, Stalled: 1,
+		Oldest: []Exchange{{Server: "192.0.2.1:11344", Client: "scanapp (pid 4121)", ClientAddr: "192.0.2.9:40001",
+			Phase: "request", State: "acked_silent", Age: 12500 * time.Millisecond}}}
 }
 func (fakeBackend) Exchanges() any { return []string{} }
 func (fakeBackend) Events() any    { return []map[string]string{{"kind": "stall"}} }
@@ -80,8 +83,14 @@ func TestEndpoints(t *testing.T) {
 				t.Errorf("GET %s: %d %q, want 200 with %q", path, code, got, body)
 			}
 		}
-		if _, page := status(t, base+"/", "", ""); strings.Contains(page, "<stall>") {
+		_, page := status(t, base+"/", "", "")
+		if strings.Contains(page, "<stall>") {
 			t.Error("landing page does not escape event text")
+		}
+		for _, want := range []string{"the 1 oldest", "12.5s", "acked_silent", "scanapp (pid 4121)", "192.0.2.9:40001"} {
+			if !strings.Contains(page, want) {
+				t.Errorf("landing page lacks the open exchange's %q:\n%s", want, page)
+			}
 		}
 		if code, _ := status(t, base+"/nothing", "", ""); code != 404 {
 			t.Errorf("unknown path: %d", code)
@@ -111,5 +120,38 @@ func TestWebConfigBasicAuth(t *testing.T) {
 	if _, _, err := Serve(context.Background(), WebConfig{ListenAddress: "127.0.0.1:0", ConfigFile: bad},
 		http.NotFoundHandler(), logging.Slog(hclog.NewNullLogger())); err == nil || !strings.Contains(err.Error(), "--web.config.file") {
 		t.Errorf("a bad config file: %v", err)
+	}
+}
+
+// Bad web flags are found before anything starts, naming the flag.
+func TestWebConfigValidate(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yml")
+	os.WriteFile(bad, []byte("tls_server_config: [\n"), 0o600)
+	good := filepath.Join(dir, "good.yml")
+	os.WriteFile(good, []byte("http_server_config:\n  http2: false\n"), 0o600)
+	for _, tc := range []struct {
+		cfg  WebConfig
+		flag string // "" when valid
+	}{
+		{WebConfig{ListenAddress: ":9344"}, ""},
+		{WebConfig{ListenAddress: "127.0.0.1:0"}, ""},
+		{WebConfig{ListenAddress: "[::1]:9344"}, ""},
+		{WebConfig{ListenAddress: "localhost:9344"}, ""},
+		{WebConfig{ListenAddress: ":9344", ConfigFile: good}, ""},
+		{WebConfig{ListenAddress: "999.1.1.1:99999"}, "--web.listen-address"},
+		{WebConfig{ListenAddress: "999.1.1.1:9344"}, "--web.listen-address"},
+		{WebConfig{ListenAddress: "127.0.0.1"}, "--web.listen-address"},
+		{WebConfig{ListenAddress: "127.0.0.1:http-alt-nope"}, "--web.listen-address"},
+		{WebConfig{ListenAddress: ":9344", ConfigFile: filepath.Join(dir, "missing.yml")}, "--web.config.file"},
+		{WebConfig{ListenAddress: ":9344", ConfigFile: bad}, "--web.config.file"},
+	} {
+		err := tc.cfg.Validate()
+		switch {
+		case tc.flag == "" && err != nil:
+			t.Errorf("%+v: %v", tc.cfg, err)
+		case tc.flag != "" && (err == nil || !strings.Contains(err.Error(), tc.flag)):
+			t.Errorf("%+v: %v, want an error naming %s", tc.cfg, err, tc.flag)
+		}
 	}
 }

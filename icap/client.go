@@ -49,6 +49,11 @@ type Config struct {
 // Observer hooks let the agent match its own connections with what the
 // kernel sees. Every hook is optional and must not block.
 type Observer struct {
+	// ConnOpened is told of each connection as soon as its TCP connect
+	// succeeds, before the TLS handshake (TLSVersion is not known yet),
+	// so that a handshake hanging behind busy server workers is already
+	// known as this client's. ConnClosed follows only for connections
+	// whose handshake completed.
 	ConnOpened     func(ConnInfo)
 	RequestWritten func(ConnInfo, RequestInfo)
 	FirstByte      func(ConnInfo, time.Time)
@@ -206,6 +211,9 @@ func (c *Client) dial(ctx context.Context, tr *Trace) (*conn, error) {
 		Remote: addrPort(raw.RemoteAddr()),
 		Opened: start,
 	}
+	if h := c.cfg.Observer.ConnOpened; h != nil {
+		h(info)
+	}
 	var (
 		nc    net.Conn = raw
 		sniff *recordSniffer
@@ -225,9 +233,6 @@ func (c *Client) dial(ctx context.Context, tr *Trace) (*conn, error) {
 	cn := newConn(nc, sniff, info)
 	if sniff != nil {
 		cn.idleRecords = sniff.records
-	}
-	if h := c.cfg.Observer.ConnOpened; h != nil {
-		h(cn.info)
 	}
 	return cn, nil
 }

@@ -770,3 +770,64 @@ func TestLabShutdownCutsPeerWaits(t *testing.T) {
 		t.Errorf("shutdown took %v with a dropped request and a silent handshake", took)
 	}
 }
+
+// A TLS handshake that hangs (the server's kernel accepted the connection,
+// no worker answers the ClientHello) is already reported as the client's
+// connection, with the local address the server sees.
+func TestObserverSeesConnectionBeforeHandshake(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		accepted <- nc // held open, never answered
+	}()
+	opened := make(chan icap.ConnInfo, 1)
+	closed := make(chan icap.CloseInfo, 1)
+	c := newClient(t, icap.Config{Target: "icaps://" + ln.Addr().String() + "/svc", Insecure: true,
+		Observer: &icap.Observer{
+			ConnOpened: func(ci icap.ConnInfo) { opened <- ci },
+			ConnClosed: func(_ icap.ConnInfo, ci icap.CloseInfo) { closed <- ci },
+		}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, _, _, err := c.Options(ctx)
+		done <- err
+	}()
+	var server net.Conn
+	select {
+	case server = <-accepted:
+		defer server.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client did not connect")
+	}
+	select {
+	case ci := <-opened:
+		if ci.Local.String() != server.RemoteAddr().String() || ci.Remote.String() != ln.Addr().String() ||
+			ci.TLSVersion != 0 || ci.Opened.IsZero() {
+			t.Errorf("conn info %+v; the server sees the client at %s", ci, server.RemoteAddr())
+		}
+	case err := <-done:
+		t.Fatalf("request ended before the connection was reported: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection not reported while its handshake hangs")
+	}
+	cancel()
+	var pe *icap.PhaseError
+	if err := <-done; !errors.As(err, &pe) || pe.Phase != "tls" {
+		t.Errorf("want a failure in phase tls, got %v", err)
+	}
+	select {
+	case ci := <-closed:
+		t.Errorf("a connection whose handshake failed was reported closed: %+v", ci)
+	default:
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/hashicorp/go-hclog"
 	"github.com/icapwatch/icapwatch/agent"
+	"github.com/icapwatch/icapwatch/bpf"
 )
 
 // agentCmd is `icapwatch agent`, the daemon.
@@ -33,6 +34,8 @@ func addAgentFlags(c *kingpin.CmdClause, name string, cfg *agent.DaemonConfig, p
 	flag(c, name, "interfaces", "Interfaces to attach to, comma-separated; default every interface that is up, and those that come up later.").StringVar(interfaces)
 	flag(c, name, "source", "Where wire observations come from: auto (eBPF, else sock_diag), bpf or sockdiag.").
 		Default(d.Source).EnumVar(&cfg.Source, agent.SourceAuto, agent.SourceBPF, agent.SourceSockDiag)
+	flag(c, name, "tc-mode", "How the TC classifier is attached: auto (TCX where the kernel has it, else clsact filters), tcx or netlink (clsact filters).").
+		Default(d.TCMode).EnumVar(&cfg.TCMode, bpf.ModeAuto, bpf.TCModeTCX, bpf.TCModeNetlink)
 	flag(c, name, "stall-threshold", "An exchange open this long is a stall.").Default(d.Correlator.StallThreshold.String()).DurationVar(&cfg.Correlator.StallThreshold)
 	flag(c, name, "race-window", "A server close this soon after a request crossed it.").Default(d.Correlator.RaceWindow.String()).DurationVar(&cfg.Correlator.RaceWindow)
 	flag(c, name, "release-window", "A stalled answer this soon after the server closed another connection was released by it.").Default(d.Correlator.ReleaseWindow.String()).DurationVar(&cfg.Correlator.ReleaseWindow)

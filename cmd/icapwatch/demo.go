@@ -9,9 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -55,6 +58,11 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 	if d.duration <= 0 || d.workers < 1 || d.conns < 1 || d.idleTimeout <= 0 {
 		return usagef("--duration, --workers, --conns and --idle-timeout must be positive")
 	}
+	// The rest of the agent's configuration is checked once the lab is up;
+	// a bad web flag must not wait for that, nor fail as a busy lab port.
+	if err := d.cfg.Web.Validate(); err != nil {
+		return usageError{err.Error()}
+	}
 	ctx, cancel := context.WithTimeout(ctx, d.duration)
 	defer cancel()
 	// The timeline is the demo's output; logs only say what goes wrong,
@@ -91,7 +99,11 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 	cfg.Logger = quiet.Named("agent")
 	cfg.Canary = agent.CanaryConfig{Targets: []string{target}, Interval: 30 * time.Second, Insecure: true,
 		PoolSize: 1, MaxIdle: 2 * time.Second}
-	cfg.OnEvent = func(e agent.Event) { say("%s", e.Summary()) }
+	// OnEvent runs under the agent's lock: the source is read here, not
+	// from the daemon.
+	var source atomic.Value
+	source.Store(cfg.Source)
+	cfg.OnEvent = func(e agent.Event) { say("%s", eventLine(e, source.Load().(string))) }
 	if err := cfg.Validate(); err != nil {
 		return usageError{err.Error()}
 	}
@@ -120,10 +132,16 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 	for daemon.Source() == "" && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if src := daemon.Source(); src == agent.SourceBPF {
+	src := daemon.Source()
+	source.Store(src)
+	switch {
+	case src == agent.SourceBPF:
 		say("agent attached its eBPF hooks to lo: watching port %d", labAddr.Port)
-	} else {
-		say("eBPF is not available here (root or CAP_BPF is needed): the agent runs on sock_diag, with coarser timing")
+	case cfg.Source == agent.SourceSockDiag:
+		say("the agent runs on sock_diag as asked, with coarser timing: %s", sockDiagLimits)
+	case src != "":
+		say("eBPF is not available here (root or CAP_BPF is needed): the agent runs on sock_diag, with coarser timing: %s",
+			sockDiagLimits)
 	}
 
 	wdone := make(chan error, 1)
@@ -139,32 +157,74 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 	return err
 }
 
+// sockDiagLimits says what the sock_diag source cannot show.
+const sockDiagLimits = "it polls the sockets every second, so it sees stalls but not when the server ACKed, " +
+	"no TLS alerts, and rarely the server closes that release a stall (those need eBPF)"
+
+// ackedAfter is the stall line's ACK timing, which sock_diag cannot measure.
+var ackedAfter = regexp.MustCompile(`ACKed by the server .*? after it was sent`)
+
+// eventLine is the timeline's line for an event. On sock_diag the ACK is
+// known only from a poll, not when it came: the line says so rather than
+// give a time.
+func eventLine(e agent.Event, source string) string {
+	line := e.Summary()
+	if source == agent.SourceSockDiag && e.Kind == agent.KindStall {
+		line = ackedAfter.ReplaceAllLiteralString(line, "ACKed by the server (sock_diag cannot tell when)")
+	}
+	return line
+}
+
 // runWorkload runs the application as its own process named scanapp, as
 // a real one would be, so the agent sees its own PID and name; in this
 // process when that cannot be arranged.
 func (d *demoCmd) runWorkload(ctx context.Context, target string, log hclog.Logger) error {
 	args := []string{"workload", "--target", target, "--conns", strconv.Itoa(d.conns),
 		"--seed", strconv.FormatUint(d.seed, 10)}
-	if self, err := os.Executable(); err == nil {
-		dir, err := os.MkdirTemp("", "icapwatch-demo-")
-		if err == nil {
-			defer os.RemoveAll(dir)
-			app := filepath.Join(dir, "scanapp")
-			if os.Symlink(self, app) == nil {
-				cmd := exec.CommandContext(ctx, app, args...)
-				cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-				cmd.WaitDelay = 5 * time.Second
-				cmd.Stderr = os.Stderr
-				if err := cmd.Run(); err != nil && ctx.Err() == nil {
-					return fmt.Errorf("application: %w", err)
-				}
-				return nil
-			}
+	runtime.LockOSThread() // see startScanapp
+	defer runtime.UnlockOSThread()
+	if cmd := startScanapp(ctx, args); cmd != nil {
+		if err := cmd.Wait(); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("application: %w", err)
 		}
+		return nil
 	}
 	_, err := workload.Run(ctx, workload.Config{Target: target, Insecure: true, Conns: d.conns,
 		MinPause: 3 * time.Second, MaxPause: 8 * time.Second, Timeout: time.Minute, Seed: d.seed, Logger: log})
 	return err
+}
+
+// startScanapp starts this executable as a process named scanapp, through
+// a symbolic link in a temporary directory. The directory goes as soon as
+// the process runs (the kernel has resolved the link by then), so a demo
+// that is killed leaves nothing in /tmp; and the process is told to stop
+// when the demo dies. It returns nil when that cannot be arranged. The
+// caller keeps its OS thread locked until Wait returns: the parent-death
+// signal follows the thread that started the process, and Go ends a
+// thread when a goroutine that locked it exits without unlocking.
+func startScanapp(ctx context.Context, args []string) *exec.Cmd {
+	self, err := os.Executable()
+	if err != nil {
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "icapwatch-demo-")
+	if err != nil {
+		return nil
+	}
+	defer os.RemoveAll(dir)
+	app := filepath.Join(dir, "scanapp")
+	if os.Symlink(self, app) != nil {
+		return nil
+	}
+	cmd := exec.CommandContext(ctx, app, args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 5 * time.Second
+	cmd.Stderr = os.Stderr
+	stopWithParent(cmd)
+	if cmd.Start() != nil {
+		return nil
+	}
+	return cmd
 }
 
 // summary prints a table per server from the agent's metrics.
@@ -174,6 +234,11 @@ func (d *demoCmd) summary(w io.Writer, daemon *agent.Daemon) {
 		fmt.Fprintf(w, "summary: %v\n", err)
 		return
 	}
+	writeSummary(w, mfs, daemon.Source())
+}
+
+// writeSummary prints the table of the metrics mfs of a run on source.
+func writeSummary(w io.Writer, mfs []*dto.MetricFamily, source string) {
 	type row struct {
 		answered                        uint64
 		gapSum                          float64
@@ -227,6 +292,15 @@ func (d *demoCmd) summary(w io.Writer, daemon *agent.Daemon) {
 	}
 	sort.Strings(servers)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	// sock_diag cannot see some of the columns, or only some of the time:
+	// they are marked, and the note under the table says why.
+	sockDiag := source == agent.SourceSockDiag
+	partial := func(v float64) string {
+		if sockDiag {
+			return fmt.Sprintf("%.0f*", v)
+		}
+		return fmt.Sprintf("%.0f", v)
+	}
 	fmt.Fprintln(tw, "SERVER\tEXCHANGES\tMEAN GAP\tSTALLS\tRELEASES\tRACES\tTLS ALERTS\tSERVER CLOSES")
 	for _, s := range servers {
 		r := rows[s]
@@ -234,15 +308,24 @@ func (d *demoCmd) summary(w io.Writer, daemon *agent.Daemon) {
 		if r.answered > 0 {
 			mean = (time.Duration(r.gapSum / float64(r.answered) * float64(time.Second))).Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\n", s, r.answered, mean, r.stalls, r.releases,
-			r.races, r.alerts, r.closesByServer)
+		alerts := fmt.Sprintf("%.0f", r.alerts)
+		if sockDiag {
+			alerts = "n/a*"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%s\t%.0f\t%s\t%s\n", s, r.answered, mean, r.stalls, partial(r.releases),
+			r.races, alerts, partial(r.closesByServer))
 	}
 	tw.Flush()
 	if len(servers) == 0 {
 		fmt.Fprintln(w, "(no exchanges seen)")
 	}
+	if sockDiag && len(servers) > 0 {
+		fmt.Fprint(w, "\n* needs eBPF: sock_diag reads the sockets once a second. It sees no TLS alert, only the\n"+
+			"server closes that last until a read, and so rarely a release; gaps are timed to the second.\n"+
+			"Run the demo as root (or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to count them.\n")
+	}
 	fmt.Fprintf(w, "\nsource: %s. A release is a stalled request answered right after the server closed another\n"+
-		"connection: its workers were held by idle persistent connections.\n", daemon.Source())
+		"connection: its workers were held by idle persistent connections.\n", source)
 }
 
 // workloadCmd is the demo's application, run as its own process.
