@@ -2,14 +2,21 @@ package agent
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/icapwatch/icapwatch/agent/wire"
 )
 
@@ -124,12 +131,58 @@ func TestAnalyzeBadInput(t *testing.T) {
 	if _, err := Analyze(strings.NewReader("this is not a capture at all"), AnalyzeConfig{Correlator: DefaultConfig()}); !errors.Is(err, wire.ErrFormat) {
 		t.Errorf("garbage: %v", err)
 	}
-	// An unknown link type: the frames are counted as bad, not decoded.
+	// An unknown link type is named, with the ones that are read.
 	unknown := append([]byte{}, good...)
-	unknown[20], unknown[21], unknown[22], unknown[23] = 0xfe, 0x00, 0x00, 0x00 // pcap header linktype, little endian
-	a, err = Analyze(bytes.NewReader(unknown), AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()})
-	if err != nil || a.Capture.BadFrames == 0 || a.Wire.Packets != 0 {
-		t.Errorf("unknown link type: %v, %+v", err, a.Capture)
+	unknown[20], unknown[21], unknown[22], unknown[23] = 0xdc, 0x00, 0x00, 0x00 // pcap header linktype 220, little endian
+	_, err = Analyze(bytes.NewReader(unknown), AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()})
+	var lte *wire.LinkTypeError
+	if !errors.As(err, &lte) || !strings.Contains(err.Error(), "link type 220 (USB) is not supported") ||
+		!strings.Contains(err.Error(), "SLL2 (276)") {
+		t.Errorf("unknown link type: %v", err)
+	}
+}
+
+// A pcapng file can mix interfaces: frames of an unsupported link type
+// are passed over; when they are all there is, the error names it.
+func TestAnalyzePcapngOtherLink(t *testing.T) {
+	frames := readFrames(t, "seed-any-sll2.pcap")
+	write := func(withIP bool) []byte {
+		var buf bytes.Buffer
+		w, err := pcapgo.NewNgWriterInterface(&buf, pcapgo.NgInterface{LinkType: 254, SnapLength: 65535},
+			pcapgo.DefaultNgWriterOptions)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sll2, err := w.AddInterface(pcapgo.NgInterface{LinkType: layers.LinkTypeLinuxSLL2, SnapLength: 65535})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, f := range frames {
+			// Mixed: every other frame on the SLL2 interface, still read.
+			ci := f.ci
+			ci.InterfaceIndex = 0
+			if withIP && i%2 == 0 {
+				ci.InterfaceIndex = sll2
+			}
+			if err := w.WritePacket(ci, f.data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	cfg := AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()}
+	_, err := Analyze(bytes.NewReader(write(false)), cfg)
+	var lte *wire.LinkTypeError
+	if !errors.As(err, &lte) || !strings.Contains(err.Error(), "link type 254 is not supported") {
+		t.Errorf("pcapng of an unsupported link type: %v", err)
+	}
+	a, err := Analyze(bytes.NewReader(write(true)), cfg)
+	if err != nil || a.Wire.Packets != uint64(len(frames)+1)/2 || a.Capture.OtherLink != uint64(len(frames))/2 ||
+		!slices.Equal(a.OtherLinks, []string{"254"}) {
+		t.Errorf("mixed pcapng: %v; %d IP packets, %d frames of another link, of %d (%+v)", err, a.Wire.Packets, a.Capture.OtherLink, len(frames), a.Capture)
 	}
 }
 
@@ -144,4 +197,282 @@ func FuzzAnalyze(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		Analyze(bytes.NewReader(b), AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()})
 	})
+}
+
+type frame struct {
+	ci   gopacket.CaptureInfo
+	data []byte
+}
+
+func readFrames(t *testing.T, name string) []frame {
+	t.Helper()
+	f, err := os.Open(filepath.Join("testdata", "captures", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frames []frame
+	for {
+		data, ci, err := r.ReadPacketData()
+		if err != nil {
+			break
+		}
+		frames = append(frames, frame{ci, data})
+	}
+	if len(frames) == 0 {
+		t.Fatalf("%s: no frames", name)
+	}
+	return frames
+}
+
+func writePcap(t *testing.T, link layers.LinkType, frames []frame) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w := pcapgo.NewWriterNanos(&buf)
+	if err := w.WriteFileHeader(65535, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range frames {
+		if err := w.WritePacket(f.ci, f.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return buf.Bytes()
+}
+
+// The sweep runs when an exchange crosses the threshold, as the agent's
+// timer does: a stall's age is the threshold, not up to a second more.
+func TestAnalyzeStallAtThreshold(t *testing.T) {
+	// The seed's handshake waits about 2 s: each threshold below catches it.
+	for _, threshold := range []time.Duration{300 * time.Millisecond, time.Second, 1700 * time.Millisecond} {
+		for _, name := range []string{"seed-tls13.pcap", "seed-any-sll2.pcap"} {
+			a := analyzeFile(t, name, func(c *AnalyzeConfig) { c.Correlator.StallThreshold = threshold })
+			var stalls int
+			for _, e := range a.Events {
+				if e.Kind != KindStall {
+					continue
+				}
+				stalls++
+				age := time.Duration(e.Fields["age_seconds"].(float64) * float64(time.Second))
+				if (age - threshold).Abs() > time.Millisecond {
+					t.Errorf("%s, threshold %s: stall found at age %s", name, threshold, age)
+				}
+			}
+			if stalls == 0 {
+				t.Errorf("%s, threshold %s: no stall", name, threshold)
+			}
+		}
+	}
+}
+
+// The report's timeline: each answered exchange of a connection, with
+// its phase and gap, in the order of the requests.
+func TestAnalyzeTimeline(t *testing.T) {
+	a := analyzeFile(t, "race-tls12.pcap", nil)
+	tl := a.Timelines[ConnKey{"127.0.0.1:21344", netip.MustParseAddrPort("127.0.0.1:40252")}]
+	if tl == nil || len(a.Timelines) != 1 {
+		t.Fatalf("timelines: %v", a.Timelines)
+	}
+	var phases []string
+	for i, x := range tl.Exchanges {
+		phases = append(phases, x.Phase)
+		if x.Count != 1 || x.Gap <= 0 || x.Gap > 10*time.Millisecond || i > 0 && !x.Start.After(tl.Exchanges[i-1].Start) {
+			t.Errorf("exchange %d: %+v", i, x)
+		}
+	}
+	// TLS 1.2: ClientHello, the client's Finished, then the request.
+	if strings.Join(phases, " ") != "handshake handshake request" || tl.Answered != 3 {
+		t.Errorf("phases %v, %d answered", phases, tl.Answered)
+	}
+
+	// The seed's stalled handshake is on its connection's timeline.
+	a = analyzeFile(t, "seed-tls13.pcap", nil)
+	var stalled int
+	for _, tl := range a.Timelines {
+		for _, x := range tl.Exchanges {
+			if x.Phase == "handshake" && x.Gap > 1900*time.Millisecond {
+				stalled++
+			}
+		}
+	}
+	if stalled != 1 {
+		t.Errorf("want the one stalled handshake on a timeline, got %d: %+v", stalled, a.Timelines)
+	}
+}
+
+// A long connection stays a few entries: its first exchanges, slow ones
+// and those around an event are listed, ordinary ones fold into runs.
+func TestTimelineFolds(t *testing.T) {
+	var tl Timeline
+	at := time.Date(2026, 11, 23, 7, 0, 0, 0, time.UTC)
+	ex := func(gap time.Duration) Exchange {
+		at = at.Add(time.Second)
+		return Exchange{Start: at, Phase: "request", Gap: gap, MaxGap: gap, Count: 1}
+	}
+	for range timelineHead + 100 {
+		tl.add(ex(time.Millisecond), false)
+	}
+	tl.add(ex(3*time.Second), true) // slow
+	for range 50 {
+		tl.add(ex(2*time.Millisecond), false)
+	}
+	tl.event() // lists the exchange before it and the one after it
+	tl.add(ex(time.Millisecond), false)
+	for range 10 {
+		tl.add(ex(time.Millisecond), false)
+	}
+	tl.end() // lists the last
+
+	var counts []int
+	total := 0
+	for _, x := range tl.Exchanges {
+		counts = append(counts, x.Count)
+		total += x.Count
+	}
+	// 8 listed, a run of 100, the slow one, a run of 49, the one before
+	// the event, the one after, a run of 9, the last.
+	want := []int{1, 1, 1, 1, 1, 1, 1, 1, 100, 1, 49, 1, 1, 9, 1}
+	if !slices.Equal(counts, want) || total != tl.Answered || tl.Answered != timelineHead+162 {
+		t.Fatalf("counts %v (want %v), %d of %d answered", counts, want, total, tl.Answered)
+	}
+	if r := tl.Exchanges[timelineHead]; r.Span != 99*time.Second || r.Gap != time.Millisecond || r.MaxGap != time.Millisecond {
+		t.Errorf("run %+v", r)
+	}
+	if slow := tl.Exchanges[timelineHead+1]; slow.Gap != 3*time.Second || slow.Count != 1 {
+		t.Errorf("slow %+v", slow)
+	}
+
+	// However many events, the timeline is bounded.
+	for range 10 * timelineCap {
+		tl.add(ex(time.Millisecond), false)
+		tl.event()
+	}
+	tl.end()
+	total = 0
+	for _, x := range tl.Exchanges {
+		total += x.Count
+	}
+	if len(tl.Exchanges) > timelineCap+1 || total != tl.Answered {
+		t.Errorf("%d entries (cap %d), %d of %d answered", len(tl.Exchanges), timelineCap, total, tl.Answered)
+	}
+}
+
+// tcpdump -i any sees a packet once per interface it crosses (a veth and
+// a bridge, say). Each frame of the real SLL2 capture written again with
+// another interface index must leave the analysis as it was; a
+// retransmission, the same bytes on the same interface later, still counts.
+func TestAnalyzeDuplicatesAcrossInterfaces(t *testing.T) {
+	frames := readFrames(t, "seed-any-sll2.pcap")
+	var doubled []frame
+	retransmit := -1
+	for i, f := range frames {
+		doubled = append(doubled, f)
+		veth := frame{f.ci, slices.Clone(f.data)}
+		binary.BigEndian.PutUint32(veth.data[4:], 7) // SLL2 interface index
+		veth.ci.Timestamp = veth.ci.Timestamp.Add(2 * time.Microsecond)
+		doubled = append(doubled, veth)
+		if retransmit < 0 && clientPayload(f.data) {
+			retransmit = i
+		}
+	}
+	cfg := AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()}
+	cfg.Correlator.StallThreshold = time.Second
+	analyze := func(frames []frame) Analysis {
+		a, err := Analyze(bytes.NewReader(writePcap(t, layers.LinkTypeLinuxSLL2, frames)), cfg)
+		if err != nil || a.Err != nil {
+			t.Fatal(err, a.Err)
+		}
+		return a
+	}
+	once, twice := analyze(frames), analyze(doubled)
+	if once.Wire.Duplicates != 0 || twice.Wire.Duplicates != uint64(len(frames)) {
+		t.Errorf("duplicates: %d in the capture, %d with every frame twice (want 0, %d)",
+			once.Wire.Duplicates, twice.Wire.Duplicates, len(frames))
+	}
+	same := func(what string, a Analysis) {
+		t.Helper()
+		if !reflect.DeepEqual(a.Events, once.Events) || !reflect.DeepEqual(a.Gaps, once.Gaps) || len(once.Events) == 0 {
+			t.Errorf("%s: events %v\ngaps %v\nwant events %v\ngaps %v", what, eventKinds(a.Events), a.Gaps, eventKinds(once.Events), once.Gaps)
+		}
+	}
+	same("every frame twice", twice)
+
+	// The client's first data segment again 50 ms later, on both interfaces.
+	if retransmit < 0 {
+		t.Fatal("no client data in the capture")
+	}
+	again := slices.Clone(doubled[2*retransmit : 2*retransmit+2])
+	for i := range again {
+		again[i].ci.Timestamp = again[i].ci.Timestamp.Add(50 * time.Millisecond)
+	}
+	withRetransmit := append(slices.Clone(doubled), again...)
+	slices.SortStableFunc(withRetransmit, func(a, b frame) int { return a.ci.Timestamp.Compare(b.ci.Timestamp) })
+	r := analyze(withRetransmit)
+	if r.Wire.Retransmits != once.Wire.Retransmits+1 || r.Wire.Duplicates != uint64(len(frames))+1 {
+		t.Errorf("retransmission: %d retransmits (want %d), %d duplicates (want %d)",
+			r.Wire.Retransmits, once.Wire.Retransmits+1, r.Wire.Duplicates, len(frames)+1)
+	}
+	same("with a retransmission", r)
+}
+
+// clientPayload: an SLL2 frame of IPv4 TCP to port 21344 with payload.
+func clientPayload(b []byte) bool {
+	if len(b) < 20+20+20 || b[20]>>4 != 4 {
+		return false
+	}
+	ip := b[20:]
+	ihl := int(ip[0]&0x0f) * 4
+	if len(ip) < ihl+20 || ip[9] != 6 || binary.BigEndian.Uint16(ip[ihl+2:]) != 21344 {
+		return false
+	}
+	tcpLen := int(ip[ihl+12]>>4) * 4
+	return int(binary.BigEndian.Uint16(ip[2:])) > ihl+tcpLen
+}
+
+// openExchanges against a plain map: the earliest start is the smallest
+// of the open ones, whatever the order of starts, ends and expiries.
+func TestOpenExchangesHeap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var o openExchanges
+	model := map[netip.AddrPort]time.Time{}
+	base := time.Date(2026, 11, 23, 7, 0, 0, 0, time.UTC)
+	for step := range 20000 {
+		client := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.10"), uint16(rng.IntN(64)))
+		at := base.Add(time.Duration(rng.IntN(100000)) * time.Millisecond)
+		switch rng.IntN(10) {
+		case 0, 1, 2, 3, 4:
+			o.begin(client, at)
+			model[client] = at
+		case 5, 6, 7:
+			start, ok := model[client]
+			if !ok || rng.IntN(4) == 0 {
+				start = at // an answer to another exchange: no change
+			}
+			o.end(client, start)
+			if model[client].Equal(start) {
+				delete(model, client)
+			}
+		case 8:
+			o.expire(at)
+			for c, s := range model {
+				if !s.After(at) {
+					delete(model, c)
+				}
+			}
+		}
+		var want time.Time
+		for _, s := range model {
+			if want.IsZero() || s.Before(want) {
+				want = s
+			}
+		}
+		got, ok := o.earliest()
+		if ok != (len(model) > 0) || !got.Equal(want) || len(o.heap) != len(model) || len(o.index) != len(model) {
+			t.Fatalf("step %d: earliest %v %v, want %v; %d in heap, %d open", step, got, ok, want, len(o.heap), len(model))
+		}
+	}
 }

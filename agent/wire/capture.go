@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -14,6 +16,44 @@ import (
 
 // ErrFormat is returned for input that is neither pcap nor pcapng.
 var ErrFormat = errors.New("not a pcap or pcapng capture")
+
+// LinkTypeError is a capture whose frames are all of a link type this
+// reader does not decode (a USB or Wi-Fi capture, say).
+type LinkTypeError struct{ Links []layers.LinkType }
+
+func (e *LinkTypeError) Error() string {
+	names := make([]string, len(e.Links))
+	for i, l := range e.Links {
+		names[i] = LinkName(l)
+	}
+	what := "link type " + strings.Join(names, ", ") + " is"
+	if len(names) > 1 {
+		what = "link types " + strings.Join(names, ", ") + " are"
+	}
+	return fmt.Sprintf("%s not supported; icapwatch reads %s", what, supportedLinks)
+}
+
+// supportedLinks names the link types decodeLink knows, for errors.
+const supportedLinks = "Ethernet (1), Linux cooked SLL (113) and SLL2 (276) as tcpdump -i any writes, " +
+	"raw IP (101, 12, 228, 229) and BSD loopback (0, 108)"
+
+// LinkName is a link type's number, and its name where gopacket knows one:
+// "220 (USB)", "254".
+func LinkName(l layers.LinkType) string {
+	if name := l.String(); name != "" && !strings.HasPrefix(name, "UnknownLinkType") {
+		return fmt.Sprintf("%d (%s)", l, name)
+	}
+	return fmt.Sprint(int(l))
+}
+
+// linkSupported says whether decodeLink decodes the link type.
+func linkSupported(l layers.LinkType) bool {
+	switch int(l) {
+	case linkNull, linkEthernet, linkRaw, linkLoop, linkSLL, linkIPv4, linkIPv6, linkSLL2, linkRawAlt:
+		return true
+	}
+	return false
+}
 
 // Link types this reader decodes (tcpdump.org/linktypes.html).
 const (
@@ -35,7 +75,10 @@ const maxSnaplen = 1 << 20
 type CaptureStats struct {
 	Frames    uint64 // frames read
 	NotIP     uint64 // frames without IPv4/IPv6 (ARP, ...)
-	BadFrames uint64 // link headers cut short, unknown link types
+	BadFrames uint64 // link headers cut short, unknown interfaces
+	// OtherLink counts the frames of a pcapng interface whose link type
+	// is not supported (OtherLinks names them).
+	OtherLink uint64
 	Bytes     uint64 // bytes of frames read
 }
 
@@ -44,6 +87,7 @@ type Capture struct {
 	next  func() ([]byte, gopacket.CaptureInfo, error)
 	link  func(iface int) (layers.LinkType, error)
 	stats CaptureStats
+	other []layers.LinkType // unsupported link types met, in order
 	// Format is "pcap" or "pcapng".
 	Format string
 }
@@ -58,7 +102,12 @@ func OpenCapture(r io.Reader) (*Capture, error) {
 	c := &Capture{}
 	switch binary.BigEndian.Uint32(magic) {
 	case 0x0a0d0d0a: // pcapng section header block
-		ng, err := pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
+		// Each interface has its own link type (dumpcap -i eth0 -i
+		// wlan0mon writes two): pcapgo's default would drop the frames of
+		// every interface whose type differs from the first one's.
+		opts := pcapgo.DefaultNgReaderOptions
+		opts.WantMixedLinkType = true
+		ng, err := pcapgo.NewNgReader(br, opts)
 		if err != nil {
 			return nil, fmt.Errorf("pcapng: %w", err)
 		}
@@ -77,6 +126,11 @@ func OpenCapture(r io.Reader) (*Capture, error) {
 		if pr.Snaplen() > maxSnaplen {
 			pr.SetSnaplen(maxSnaplen)
 		}
+		// One link type for the whole file: an unsupported one is said
+		// at once, not as every frame being unreadable.
+		if !linkSupported(pr.LinkType()) {
+			return nil, &LinkTypeError{[]layers.LinkType{pr.LinkType()}}
+		}
 		c.Format, c.next = "pcap", pr.ZeroCopyReadPacketData
 		c.link = func(int) (layers.LinkType, error) { return pr.LinkType(), nil }
 	default:
@@ -87,6 +141,10 @@ func OpenCapture(r io.Reader) (*Capture, error) {
 
 // Stats returns the counters so far.
 func (c *Capture) Stats() CaptureStats { return c.stats }
+
+// OtherLinks are the unsupported link types of the pcapng interfaces
+// whose frames were passed over (a pcap file with one is refused at open).
+func (c *Capture) OtherLinks() []layers.LinkType { return c.other }
 
 // Next returns the next IP packet. Frames that carry none are counted
 // and passed over. At the end it returns io.EOF; a damaged file gives
@@ -105,6 +163,14 @@ func (c *Capture) Next() (Packet, error) {
 		link, err := c.link(ci.InterfaceIndex)
 		if err != nil {
 			c.stats.BadFrames++
+			continue
+		}
+		if !linkSupported(link) {
+			// A pcapng file can mix interfaces: the others are still read.
+			c.stats.OtherLink++
+			if !slices.Contains(c.other, link) {
+				c.other = append(c.other, link)
+			}
 			continue
 		}
 		p, ok, bad := decodeLink(link, data)

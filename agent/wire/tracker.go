@@ -31,7 +31,10 @@ type Packet struct {
 // Stats count what the tracker saw, as the kernel's counters do.
 type Stats struct {
 	Packets, Watched, Duplicates, Malformed uint64
-	Flows                                   int
+	// Retransmits are segments (and SYNs) seen again on the interface
+	// that carried them first, or after it fell silent: not duplicates.
+	Retransmits uint64
+	Flows       int
 }
 
 const (
@@ -203,6 +206,7 @@ func (t *Tracker) Packet(p Packet, out func(observe.Observation)) {
 	}
 	if s.flags&thSYN != 0 {
 		if f.known[d] && s.seq+1 == f.hi[d] && s.len == 0 {
+			t.stats.Retransmits++
 			e.emit(observe.Retransmit, dir, now, s.seq, s.ack, s.len, t.flowFlags(f)|observe.SYN)
 			return
 		}
@@ -218,6 +222,7 @@ func (t *Tracker) Packet(p Packet, out func(observe.Observation)) {
 	if s.len > 0 {
 		end := s.seq + s.len
 		if f.known[d] && !seqAfter(end, f.hi[d]) {
+			t.stats.Retransmits++
 			e.emit(observe.Retransmit, dir, now, s.seq, s.ack, s.len, t.flowFlags(f))
 			t.fin(f, &s, &e)
 			return

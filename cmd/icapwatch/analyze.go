@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -94,7 +96,8 @@ func (a *analyzeCmd) run(stdout, stderr io.Writer) error {
 	return nil
 }
 
-// report prints the human-readable diagnosis: per server, per connection.
+// report prints the human-readable diagnosis: per server, per connection
+// a timeline of exchanges and events, then a summary.
 func report(w io.Writer, name string, res agent.Analysis, took time.Duration) {
 	span := res.Last.Sub(res.First)
 	fmt.Fprintf(w, "%s (%s): %d frames, %d IP packets, %d on watched ports, %d connections",
@@ -103,36 +106,86 @@ func report(w io.Writer, name string, res agent.Analysis, took time.Duration) {
 		fmt.Fprintf(w, ", %s to %s (%s)", res.First.UTC().Format("2006-01-02 15:04:05.000"),
 			res.Last.UTC().Format("15:04:05.000"), span.Round(time.Millisecond))
 	}
+	if res.Wire.Retransmits > 0 {
+		fmt.Fprintf(w, ", %d retransmitted segments", res.Wire.Retransmits)
+	}
 	fmt.Fprintln(w)
 	if skipped := res.Capture.NotIP + res.Capture.BadFrames + res.Wire.Malformed + res.Wire.Duplicates; skipped > 0 {
 		fmt.Fprintf(w, "skipped: %d frames without IP, %d unreadable frames, %d malformed segments, %d seen twice\n",
 			res.Capture.NotIP, res.Capture.BadFrames, res.Wire.Malformed, res.Wire.Duplicates)
 	}
+	if res.Capture.OtherLink > 0 {
+		fmt.Fprintf(w, "skipped: %d frames on interfaces of unsupported link types (%s)\n", res.Capture.OtherLink,
+			strings.Join(res.OtherLinks, ", "))
+	}
 
-	byServer := map[string]map[string][]agent.Event{}
+	servers := map[string]map[string]*connReport{}
+	conn := func(server, client string) *connReport {
+		if servers[server] == nil {
+			servers[server] = map[string]*connReport{}
+		}
+		c := servers[server][client]
+		if c == nil {
+			c = &connReport{client: client}
+			servers[server][client] = c
+		}
+		return c
+	}
+	for k, t := range res.Timelines {
+		c := conn(k.Server, k.Client.String())
+		c.answered = t.Answered
+		for _, x := range t.Exchanges {
+			c.lines = append(c.lines, timed{x.Start, exchangeLine(x)})
+		}
+	}
 	for _, e := range res.Events {
-		if byServer[e.Server] == nil {
-			byServer[e.Server] = map[string][]agent.Event{}
+		c := conn(e.Server, e.ClientAddr)
+		if e.Client != "" && e.Client != agent.ClientUnknown {
+			c.comm = e.Client
 		}
-		byServer[e.Server][e.ClientAddr] = append(byServer[e.Server][e.ClientAddr], e)
+		c.lines = append(c.lines, timed{e.Time, e.Summary()})
 	}
-	gaps := map[string][]time.Duration{}
+	gaps := map[string]map[string][]time.Duration{} // by server, phase
 	for k, g := range res.Gaps {
-		gaps[k.Server] = append(gaps[k.Server], g...)
-		if byServer[k.Server] == nil {
-			byServer[k.Server] = map[string][]agent.Event{}
+		if gaps[k.Server] == nil {
+			gaps[k.Server] = map[string][]time.Duration{}
+		}
+		gaps[k.Server][k.Phase] = g
+		if servers[k.Server] == nil {
+			servers[k.Server] = map[string]*connReport{}
 		}
 	}
-	for _, server := range sortedKeys(byServer) {
+	for _, server := range sortedKeys(servers) {
 		fmt.Fprintf(w, "\nserver %s\n", server)
-		conns := byServer[server]
-		for _, client := range sortedKeys(conns) {
-			evs := conns[client]
-			fmt.Fprintf(w, "  connection %s (%s)\n", client, evs[0].Client)
-			for _, e := range evs {
-				fmt.Fprintf(w, "    %s  %s\n", e.Time.UTC().Format("15:04:05.000"), e.Summary())
+		conns := make([]*connReport, 0, len(servers[server]))
+		for _, c := range servers[server] {
+			// Exchanges were added before events: at the same instant the
+			// exchange comes first.
+			sort.SliceStable(c.lines, func(i, j int) bool { return c.lines[i].at.Before(c.lines[j].at) })
+			conns = append(conns, c)
+		}
+		// Connections in the order they show up, as the story went.
+		sort.Slice(conns, func(i, j int) bool {
+			a, b := conns[i].lines[0].at, conns[j].lines[0].at
+			if !a.Equal(b) {
+				return a.Before(b)
+			}
+			return conns[i].client < conns[j].client
+		})
+		for _, c := range conns {
+			fmt.Fprintf(w, "  connection %s", c.client)
+			if c.comm != "" {
+				fmt.Fprintf(w, " (%s)", c.comm)
+			}
+			fmt.Fprintf(w, ": %d exchanges answered\n", c.answered)
+			for _, l := range c.lines {
+				fmt.Fprintf(w, "    %s  %s\n", l.at.UTC().Format("15:04:05.000"), l.line)
 			}
 		}
+	}
+	if res.Untimed > 0 {
+		fmt.Fprintf(w, "\n%d answered exchanges on connections beyond the first %d are in the summary only (--server narrows the report)\n",
+			res.Untimed, len(res.Timelines))
 	}
 	for _, ex := range res.Open {
 		fmt.Fprintf(w, "\nopen at the end of the capture: %s from %s to %s, %s after %.3f s (%s)\n",
@@ -141,26 +194,68 @@ func report(w io.Writer, name string, res agent.Analysis, took time.Duration) {
 	}
 
 	fmt.Fprintln(w, "\nsummary")
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  SERVER\tEXCHANGES\tGAP P50\tP90\tP99\tMAX\tSTALLS\tRELEASES\tRACES\tTLS ALERTS\tCLOSES")
-	for _, server := range sortedKeys(byServer) {
-		g := gaps[server]
-		sort.Slice(g, func(i, j int) bool { return g[i] < g[j] })
-		count := map[string]int{}
-		for _, evs := range byServer[server] {
-			for _, e := range evs {
-				count[e.Kind]++
+	if len(servers) == 0 {
+		fmt.Fprintln(w, "  no exchange on the watched ports (see --ports)")
+	} else {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  SERVER\tPHASE\tEXCHANGES\tGAP P50\tP90\tP99\tMAX")
+		for _, server := range sortedKeys(gaps) {
+			for _, phase := range sortedKeys(gaps[server]) {
+				g := gaps[server][phase]
+				slices.Sort(g)
+				fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\t%s\t%s\n", server, phase, len(g),
+					pct(g, 50), pct(g, 90), pct(g, 99), pct(g, 100))
 			}
 		}
-		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", server, len(g), pct(g, 50), pct(g, 90), pct(g, 99),
-			pct(g, 100), count[agent.KindStall], count[agent.KindRelease], count[agent.KindRace],
-			count[agent.KindTLSAlert], count[agent.KindClose])
-	}
-	tw.Flush()
-	if len(byServer) == 0 {
-		fmt.Fprintln(w, "  no exchange on the watched ports (see --ports)")
+		tw.Flush()
+		fmt.Fprintln(w)
+		fmt.Fprintln(tw, "  SERVER\tSTALLS\tRELEASES\tRACES\tTLS ALERTS\tCLOSES")
+		for _, server := range sortedKeys(servers) {
+			count := map[string]int{}
+			for _, e := range res.Events {
+				if e.Server == server {
+					count[e.Kind]++
+				}
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\n", server, count[agent.KindStall], count[agent.KindRelease],
+				count[agent.KindRace], count[agent.KindTLSAlert], count[agent.KindClose])
+		}
+		tw.Flush()
 	}
 	fmt.Fprintf(w, "\n(%d packets in %s)\n", res.Capture.Frames, took.Round(time.Millisecond))
+}
+
+// connReport is one connection's part of the report.
+type connReport struct {
+	client, comm string
+	answered     int
+	lines        []timed
+}
+
+type timed struct {
+	at   time.Time
+	line string
+}
+
+// exchangeLine says what an exchange, or a run of them, took.
+func exchangeLine(x agent.Exchange) string {
+	if x.Count <= 1 {
+		return fmt.Sprintf("%s answered after %s", phaseWords(x.Phase, 1), dur(x.Gap))
+	}
+	return fmt.Sprintf("%d %s over %s (to %s), answered after %s to %s", x.Count, phaseWords(x.Phase, x.Count),
+		dur(x.Span), x.Start.Add(x.Span).UTC().Format("15:04:05.000"), dur(x.Gap), dur(x.MaxGap))
+}
+
+// phaseWords names n exchanges of a phase as the events do.
+func phaseWords(phase string, n int) string {
+	w := map[string]string{"handshake": "TLS handshake", "request": "request", "": "exchange"}[phase]
+	if w == "" {
+		w = phase
+	}
+	if n > 1 {
+		w += "s"
+	}
+	return w
 }
 
 // pct is the p-th percentile of sorted durations, nearest rank.
@@ -170,7 +265,11 @@ func pct(sorted []time.Duration, p int) string {
 	}
 	i := (len(sorted)*p + 99) / 100
 	i = min(max(i, 1), len(sorted))
-	d := sorted[i-1]
+	return dur(sorted[i-1])
+}
+
+// dur rounds a gap for people: microseconds below a millisecond.
+func dur(d time.Duration) string {
 	switch {
 	case d < time.Millisecond:
 		return d.Round(time.Microsecond).String()

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -61,6 +62,19 @@ func TestUsageErrorsExit2NamingTheFlag(t *testing.T) {
 		{args: []string{"probe", "--insecure", "--ca=x", "icaps://x/y"}, want: "--insecure"},
 		{args: []string{"probe", "--ca=/nonexistent", "icaps://x/y"}, want: "--ca"},
 		{args: []string{"--log.level=loud", "version"}, want: "--log.level"},
+		{args: []string{"agent", "--web.listen-address=999.1.1.1:99999"}, want: "--web.listen-address"},
+		{args: []string{"agent", "--web.listen-address=999.1.1.1:9344"}, want: "--web.listen-address"},
+		{args: []string{"agent", "--web.config.file=/nonexistent/web.yml"}, want: "--web.config.file"},
+		{args: []string{"agent", "--source=kernel"}, want: "--source"},
+		{args: []string{"agent", "--tc-mode=both"}, want: "--tc-mode"},
+		{args: []string{"agent", "--ports=0"}, want: "--ports"},
+		{args: []string{"agent", "--stall-threshold=0s"}, want: "--stall-threshold"},
+		{args: []string{"agent", "--canary.target=http://x/y"}, want: "--canary.target"},
+		{args: []string{"agent", "--events.keep=0"}, want: "--events.keep"},
+		{args: []string{"agent"}, env: map[string]string{"ICAPWATCH_AGENT_MAX_FLOWS": "lots"}, want: "ICAPWATCH_AGENT_MAX_FLOWS"},
+		{args: []string{"demo", "--web.listen-address=999.1.1.1:99999"}, want: "--web.listen-address"},
+		{args: []string{"demo", "--duration=0s"}, want: "--duration"},
+		{args: []string{"demo", "--source=kernel"}, want: "--source"},
 		{args: []string{"nosuchcommand"}, want: "nosuchcommand"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -300,7 +314,9 @@ func TestAnalyzeCommand(t *testing.T) {
 		out  []string
 	}{
 		{"report", []string{"analyze", "--ports", "21344", "--stall-threshold", "1s", capture}, 0,
-			[]string{"server 127.0.0.1:21344", "(acked_silent)", "server workers held by idle persistent connections", "GAP P50"}},
+			[]string{"server 127.0.0.1:21344", "(acked_silent)", "server workers held by idle persistent connections", "GAP P50",
+				"TLS handshake answered after 2.00", "request answered after", "127.0.0.1:21344  handshake  3 ",
+				"127.0.0.1:21344  request    5 "}},
 		{"json", []string{"analyze", "--ports", "21344", "--stall-threshold", "1s", "--json", capture}, 0,
 			[]string{`"kind":"release"`, `"kind":"stall"`}},
 		{"other ports", []string{"analyze", capture}, 0, []string{"no exchange on the watched ports"}},
@@ -323,6 +339,47 @@ func TestAnalyzeCommand(t *testing.T) {
 	}
 }
 
+// The report is one timeline per connection, exchanges and events in
+// the order they happened: the race fixture's close comes before the
+// race it caused, though the correlator reports the close later.
+func TestAnalyzeTimelineOrder(t *testing.T) {
+	capture := filepath.Join("..", "..", "agent", "testdata", "captures", "race-tls12.pcap")
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"analyze", "--ports", "21344", capture}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var order []string
+	for _, line := range strings.Split(out.String(), "\n") {
+		for _, what := range []string{"TLS handshake answered", "request answered", "TLS alert", "closed by the server", "idle-close race"} {
+			if strings.Contains(line, what) && !slices.Contains(order, what) {
+				order = append(order, what)
+			}
+		}
+	}
+	want := []string{"TLS handshake answered", "request answered", "TLS alert", "closed by the server", "idle-close race"}
+	if !slices.Equal(order, want) {
+		t.Errorf("timeline order %q, want %q:\n%s", order, want, out.String())
+	}
+}
+
+// A capture of a link type analyze does not read says which, and exits 1.
+func TestAnalyzeUnknownLinkType(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "agent", "testdata", "captures", "seed-tls13.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[20], b[21], b[22], b[23] = 0xdc, 0, 0, 0 // the pcap header's link type: 220, USB
+	usb := filepath.Join(t.TempDir(), "usb.pcap")
+	if err := os.WriteFile(usb, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"analyze", usb}, &out, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "link type 220 (USB) is not supported; icapwatch reads Ethernet (1)") {
+		t.Errorf("exit %d, stderr %q", code, errb.String())
+	}
+}
+
 // TestDeployEnvironmentNamesFlags: every variable the systemd environment
 // file and the Kubernetes ConfigMap set (or suggest) is a flag's.
 func TestDeployEnvironmentNamesFlags(t *testing.T) {
@@ -335,7 +392,7 @@ func TestDeployEnvironmentNamesFlags(t *testing.T) {
 	if len(known) < 15 {
 		t.Fatalf("only %d environment variables in agent --help", len(known))
 	}
-	for _, file := range []string{"../../deploy/systemd/icapwatch.env", "../../deploy/kubernetes/configmap.yaml"} {
+	for _, file := range []string{"../../deploy/systemd/icapwatch.env", "../../deploy/kubernetes/base/configmap.yaml"} {
 		b, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
