@@ -1,10 +1,12 @@
 package bpf
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -320,7 +322,9 @@ func checkTuples(t *testing.T, events []Event) {
 
 // drain reads what the runs wrote, in batches of three as the agent reads
 // in batches: the samples are in the buffer already, so every batch but
-// the last is full.
+// the last is full. The perf buffer is one per CPU, and the test's thread
+// may move between CPUs from one run to the next: the events come back in
+// the order of their kernel time.
 func drain(t *testing.T, p *Probe) []Event {
 	t.Helper()
 	var out []Event
@@ -330,6 +334,7 @@ func drain(t *testing.T, p *Probe) []Event {
 		p.SetDeadline(time.Now().Add(100 * time.Millisecond))
 		n, err := p.ReadBatch(buf)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			slices.SortStableFunc(out, func(a, b Event) int { return cmp.Compare(a.Mono, b.Mono) })
 			return out
 		}
 		if err != nil {
