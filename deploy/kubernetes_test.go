@@ -42,11 +42,7 @@ func TestKubernetesManifests(t *testing.T) {
 	k := &kustomizer{read: map[string]bool{}}
 	for dir, caps := range variantCaps {
 		t.Run(dir, func(t *testing.T) {
-			kz, err := k.load(dir, "Kustomization")
-			if err != nil {
-				t.Fatal(err)
-			}
-			objs, err := k.build(dir, kz, nil)
+			objs, err := k.buildRoot(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -383,6 +379,15 @@ func (k *kustomizer) build(dir string, kz kustomization, objs []object) ([]objec
 	return objs, nil
 }
 
+// buildRoot builds the kustomization at dir, as kubectl apply -k dir.
+func (k *kustomizer) buildRoot(dir string) ([]object, error) {
+	kz, err := k.load(dir, "Kustomization")
+	if err != nil {
+		return nil, err
+	}
+	return k.build(dir, kz, nil)
+}
+
 // buildDir builds the kustomization or component that dir lists at path.
 func (k *kustomizer) buildDir(dir, path, kind string, objs []object) ([]object, error) {
 	if err := notAbove(dir, path); err != nil {
@@ -518,10 +523,7 @@ func TestKustomizerFails(t *testing.T) {
 			}
 			write("kustomization.yaml", "apiVersion: "+kustomizeV1beta1+"\nkind: Kustomization\n"+tc.kust)
 			k := &kustomizer{read: map[string]bool{}}
-			kz, err := k.load(dir, "Kustomization")
-			if err == nil {
-				_, err = k.build(dir, kz, nil)
-			}
+			_, err := k.buildRoot(dir)
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("error %v, want one with %q", err, tc.err)
 			}
@@ -531,11 +533,7 @@ func TestKustomizerFails(t *testing.T) {
 	write("p.yaml", "- {op: replace, path: /data/k, value: w}\n")
 	write("kustomization.yaml", "apiVersion: "+kustomizeV1beta1+"\nkind: Kustomization\nresources: [cm.yaml]\n"+patch)
 	k := &kustomizer{read: map[string]bool{}}
-	kz, err := k.load(dir, "Kustomization")
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := k.build(dir, kz, nil)
+	objs, err := k.buildRoot(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
