@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"net"
 	"net/netip"
 	"os"
@@ -58,7 +59,7 @@ type DaemonConfig struct {
 	Interfaces    []string
 	Source        string
 	TCMode        string // auto, tcx or netlink (clsact filters)
-	Correlator    Config
+	Correlator    correlate.Config
 	SweepInterval time.Duration
 	Canary        CanaryConfig
 	Web           exporter.WebConfig
@@ -66,7 +67,7 @@ type DaemonConfig struct {
 	Proc          string // the host's /proc
 	Logger        hclog.Logger
 	// OnEvent, when set, is told of every event too (the demo's timeline).
-	OnEvent func(Event)
+	OnEvent func(correlate.Event)
 
 	kernelFlowsEvery time.Duration // 0: kernelFlowsEvery; tests shorten it
 }
@@ -77,7 +78,7 @@ func DefaultDaemonConfig() DaemonConfig {
 		Ports:         []uint16{icap.TLSPort, icap.PlainPort},
 		Source:        SourceAuto,
 		TCMode:        bpf.ModeAuto,
-		Correlator:    DefaultConfig(),
+		Correlator:    correlate.DefaultConfig(),
 		SweepInterval: time.Second,
 		Canary:        CanaryConfig{Interval: 30 * time.Second, PoolSize: 1, MaxIdle: 60 * time.Second},
 		Web:           exporter.WebConfig{ListenAddress: ":9344"},
@@ -142,8 +143,8 @@ type Daemon struct {
 	addr  chan net.Addr
 
 	mu     sync.Mutex // guards the correlator and what follows
-	corr   *Correlator
-	events []Event // ring of the last EventsKeep
+	corr   *correlate.Correlator
+	events []correlate.Event // ring of the last EventsKeep
 	next   int
 	full   bool
 	source string
@@ -159,10 +160,10 @@ func NewDaemon(cfg DaemonConfig) (*Daemon, error) {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(), addr: make(chan net.Addr, 1),
-		events: make([]Event, cfg.EventsKeep)}
+		events: make([]correlate.Event, cfg.EventsKeep)}
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.m = exporter.NewMetrics(d.reg)
-	corr, err := New(cfg.Correlator, d.m, d.onEvent)
+	corr, err := correlate.New(cfg.Correlator, d.m, d.onEvent)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +184,7 @@ func (d *Daemon) Source() string {
 	return d.source
 }
 
-func (d *Daemon) onEvent(e Event) {
+func (d *Daemon) onEvent(e correlate.Event) {
 	d.events[d.next] = e
 	d.next = (d.next + 1) % len(d.events)
 	d.full = d.full || d.next == 0
@@ -427,7 +428,7 @@ func (d *Daemon) readKernel(ctx context.Context, p *bpf.Probe, batches chan<- []
 		}
 		batch = batch[:0]
 		for _, ev := range evs[:n] {
-			batch = append(batch, ev.Observation())
+			batch = append(batch, kernelObservation(ev))
 		}
 		select {
 		case batches <- batch:
@@ -546,10 +547,10 @@ func (d *Daemon) Exchanges() any {
 
 // openExchanges lists the open exchanges oldest first (ties by client
 // address, so the order is stable); d.mu is held.
-func (d *Daemon) openExchanges() []OpenExchange {
+func (d *Daemon) openExchanges() []correlate.OpenExchange {
 	ex := d.corr.OpenExchanges(time.Now())
 	if ex == nil {
-		return []OpenExchange{}
+		return []correlate.OpenExchange{}
 	}
 	sort.Slice(ex, func(i, j int) bool {
 		if ex[i].AgeSeconds != ex[j].AgeSeconds {
@@ -570,9 +571,9 @@ func (d *Daemon) Events() any {
 	return d.recent()
 }
 
-func (d *Daemon) recent() []Event {
+func (d *Daemon) recent() []correlate.Event {
 	if !d.full {
-		return append([]Event{}, d.events[:d.next]...)
+		return append([]correlate.Event{}, d.events[:d.next]...)
 	}
-	return append(append([]Event{}, d.events[d.next:]...), d.events[:d.next]...)
+	return append(append([]correlate.Event{}, d.events[d.next:]...), d.events[:d.next]...)
 }

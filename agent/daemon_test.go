@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"net/netip"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ func TestDaemonListsOpenExchangesOldestFirst(t *testing.T) {
 			Time: now.Add(-age), Dir: observe.ToServer, Phase: observe.PhaseRequest, Len: 100, Bytes: 100,
 			Flow: observe.Flow{Client: netip.MustParseAddrPort(fmt.Sprintf("192.0.2.9:%d", 40000+i)), Server: server}})
 	}
-	ex := d.Exchanges().([]OpenExchange)
+	ex := d.Exchanges().([]correlate.OpenExchange)
 	if len(ex) != n {
 		t.Fatalf("%d open exchanges, want %d", len(ex), n)
 	}

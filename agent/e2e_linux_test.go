@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"io"
 	"net"
 	"net/http"
@@ -81,11 +82,11 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("%s%v = %v, want at least %v", name, labels, got, min)
 		}
 	}
-	want("icapwatch_stalls_total", map[string]string{"state": StateAckedSilent}, 1)
+	want("icapwatch_stalls_total", map[string]string{"state": correlate.StateAckedSilent}, 1)
 	want("icapwatch_stall_releases_total", nil, 1)
 	want("icapwatch_tls_alerts_total", map[string]string{"direction": "server"}, 1)
 	want("icapwatch_connection_closes_total", map[string]string{"initiator": "server"}, 1)
-	want("icapwatch_idle_close_races_total", map[string]string{"kind": RaceReuseAfterClose}, 1)
+	want("icapwatch_idle_close_races_total", map[string]string{"kind": correlate.RaceReuseAfterClose}, 1)
 	want("icapwatch_kernel_hook_attached", map[string]string{"hook": "tc_egress"}, 1)
 	want("icapwatch_source", map[string]string{"source": SourceBPF}, 1)
 	answered := float64(st.Requests - st.Failed)
@@ -113,7 +114,7 @@ func TestEndToEnd(t *testing.T) {
 		kinds[e["kind"].(string)]++
 	}
 	t.Logf("events: %v", kinds)
-	for _, k := range []string{KindStall, KindStallEnd, KindRelease, KindRace, KindClose, KindTLSAlert} {
+	for _, k := range []string{correlate.KindStall, correlate.KindStallEnd, correlate.KindRelease, correlate.KindRace, correlate.KindClose, correlate.KindTLSAlert} {
 		if kinds[k] == 0 {
 			t.Errorf("no %s event in /api/v1/events: %v", k, kinds)
 		}
@@ -129,7 +130,7 @@ func TestEndToEnd(t *testing.T) {
 		getJSON(t, base+"/api/v1/events", &api)
 		n := 0
 		for _, e := range api.Events {
-			if e["kind"] == KindStall && e["state"] == StateAckedSilent {
+			if e["kind"] == correlate.KindStall && e["state"] == correlate.StateAckedSilent {
 				n++
 			}
 		}
@@ -137,12 +138,12 @@ func TestEndToEnd(t *testing.T) {
 	}
 	for attempt := 1; ; attempt++ {
 		before := stallEvents()
-		counted := sum(scrape(t, base+"/metrics"), "icapwatch_stalls_total", map[string]string{"state": StateAckedSilent})
+		counted := sum(scrape(t, base+"/metrics"), "icapwatch_stalls_total", map[string]string{"state": correlate.StateAckedSilent})
 		if after := stallEvents(); after != before && attempt < 3 {
 			continue
 		}
 		if counted != float64(before) {
-			t.Errorf("icapwatch_stalls_total{state=%q} = %v, but %d stall events", StateAckedSilent, counted, before)
+			t.Errorf("icapwatch_stalls_total{state=%q} = %v, but %d stall events", correlate.StateAckedSilent, counted, before)
 		}
 		break
 	}
@@ -151,15 +152,15 @@ func TestEndToEnd(t *testing.T) {
 	// connection.
 	var races []any
 	for _, e := range api.Events {
-		if e["kind"] == KindRace && e["client_addr"] == raceAddr {
+		if e["kind"] == correlate.KindRace && e["client_addr"] == raceAddr {
 			races = append(races, e["race_kind"])
 		}
 	}
-	if len(races) != 1 || races[0] != RaceReuseAfterClose {
-		t.Errorf("race events of %s: kinds %v, want one %s", raceAddr, races, RaceReuseAfterClose)
+	if len(races) != 1 || races[0] != correlate.RaceReuseAfterClose {
+		t.Errorf("race events of %s: kinds %v, want one %s", raceAddr, races, correlate.RaceReuseAfterClose)
 	}
 	var ex struct {
-		Exchanges []OpenExchange `json:"exchanges"`
+		Exchanges []correlate.OpenExchange `json:"exchanges"`
 	}
 	getJSON(t, base+"/api/v1/exchanges", &ex)
 	page := get(t, base+"/")

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"testing"
 	"time"
 
@@ -30,10 +31,10 @@ func TestDiagTrackerFallback(t *testing.T) {
 	poll(13, sock(12.2, 0.5, 0, 0)) // answered 0.5 s ago
 	poll(14, nil)                   // gone
 	h.wantKinds("stall:acked_silent stall_end:acked_silent:answered")
-	if got := h.field(KindStall, "idle_age_seconds"); got != 30.8 {
+	if got := h.field(correlate.KindStall, "idle_age_seconds"); got != 30.8 {
 		t.Errorf("idle age %v, want 30.8", got)
 	}
-	if got := h.field(KindStallEnd, "duration_seconds"); got != 11.7 {
+	if got := h.field(correlate.KindStallEnd, "duration_seconds"); got != 11.7 {
 		t.Errorf("duration %v, want 11.7", got)
 	}
 	if e := h.events[0]; e.PID != 77 || e.Client != "scanapp" {

@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/icapwatch/icapwatch/agent/analyze"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"io"
 	"net/netip"
 	"os"
@@ -13,7 +15,6 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
-	"github.com/icapwatch/icapwatch/agent"
 )
 
 // analyzeCmd is `icapwatch analyze FILE`: the diagnosis from a capture.
@@ -23,12 +24,12 @@ type analyzeCmd struct {
 	ports  string
 	server string
 	json   bool
-	cfg    agent.Config
+	cfg    correlate.Config
 }
 
 func registerAnalyze(app *kingpin.Application) *analyzeCmd {
 	a := &analyzeCmd{cmd: app.Command("analyze", "The agent's diagnosis from a tcpdump capture (pcap or pcapng; Ethernet, Linux cooked SLL/SLL2, raw IP, BSD loopback)."),
-		cfg: agent.DefaultConfig()}
+		cfg: correlate.DefaultConfig()}
 	c := a.cmd
 	c.Arg("file", "Capture file, or - for standard input.").Required().StringVar(&a.file)
 	flag(c, "analyze", "ports", "Watched ICAP server ports, comma-separated.").Default("11344,1344").StringVar(&a.ports)
@@ -43,7 +44,7 @@ func (a *analyzeCmd) run(stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg := agent.AnalyzeConfig{Ports: ports, Correlator: a.cfg, Every: 1 << 20}
+	cfg := analyze.Config{Ports: ports, Correlator: a.cfg, Every: 1 << 20}
 	if a.server != "" {
 		if cfg.Server, err = netip.ParseAddrPort(a.server); err != nil {
 			return usagef("--server %q: want ip:port (%v)", a.server, err)
@@ -73,7 +74,7 @@ func (a *analyzeCmd) run(stdout, stderr io.Writer) error {
 			fmt.Fprintf(stderr, "analyze: %d packets\n", packets)
 		}
 	}
-	res, err := agent.Analyze(in, cfg)
+	res, err := analyze.Run(in, cfg)
 	if err != nil {
 		return fmt.Errorf("%s: %w", a.file, err)
 	}
@@ -98,7 +99,7 @@ func (a *analyzeCmd) run(stdout, stderr io.Writer) error {
 
 // report prints the human-readable diagnosis: per server, per connection
 // a timeline of exchanges and events, then a summary.
-func report(w io.Writer, name string, res agent.Analysis, took time.Duration) {
+func report(w io.Writer, name string, res analyze.Analysis, took time.Duration) {
 	span := res.Last.Sub(res.First)
 	fmt.Fprintf(w, "%s (%s): %d frames, %d IP packets, %d on watched ports, %d connections",
 		name, res.Format, res.Capture.Frames, res.Wire.Packets, res.Wire.Watched, res.Wire.Flows)
@@ -140,7 +141,7 @@ func report(w io.Writer, name string, res agent.Analysis, took time.Duration) {
 	}
 	for _, e := range res.Events {
 		c := conn(e.Server, e.ClientAddr)
-		if e.Client != "" && e.Client != agent.ClientUnknown {
+		if e.Client != "" && e.Client != correlate.ClientUnknown {
 			c.comm = e.Client
 		}
 		c.lines = append(c.lines, timed{e.Time, e.Summary()})
@@ -217,8 +218,8 @@ func report(w io.Writer, name string, res agent.Analysis, took time.Duration) {
 					count[e.Kind]++
 				}
 			}
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\n", server, count[agent.KindStall], count[agent.KindRelease],
-				count[agent.KindRace], count[agent.KindTLSAlert], count[agent.KindClose])
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\n", server, count[correlate.KindStall], count[correlate.KindRelease],
+				count[correlate.KindRace], count[correlate.KindTLSAlert], count[correlate.KindClose])
 		}
 		tw.Flush()
 	}
@@ -238,7 +239,7 @@ type timed struct {
 }
 
 // exchangeLine says what an exchange, or a run of them, took.
-func exchangeLine(x agent.Exchange) string {
+func exchangeLine(x analyze.Exchange) string {
 	if x.Count <= 1 {
 		return fmt.Sprintf("%s answered after %s", phaseWords(x.Phase, 1), dur(x.Gap))
 	}

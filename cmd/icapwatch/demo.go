@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"io"
 	"net"
 	"os"
@@ -103,7 +104,7 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 	// from the daemon.
 	var source atomic.Value
 	source.Store(cfg.Source)
-	cfg.OnEvent = func(e agent.Event) { say("%s", eventLine(e, source.Load().(string))) }
+	cfg.OnEvent = func(e correlate.Event) { say("%s", eventLine(e, source.Load().(string))) }
 	if err := cfg.Validate(); err != nil {
 		return usageError{err.Error()}
 	}
@@ -167,9 +168,9 @@ var ackedAfter = regexp.MustCompile(`ACKed by the server .*? after it was sent`)
 // eventLine is the timeline's line for an event. On sock_diag the ACK is
 // known only from a poll, not when it came: the line says so rather than
 // give a time.
-func eventLine(e agent.Event, source string) string {
+func eventLine(e correlate.Event, source string) string {
 	line := e.Summary()
-	if source == agent.SourceSockDiag && e.Kind == agent.KindStall {
+	if source == agent.SourceSockDiag && e.Kind == correlate.KindStall {
 		line = ackedAfter.ReplaceAllLiteralString(line, "ACKed by the server (sock_diag cannot tell when)")
 	}
 	return line

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +20,8 @@ import (
 // sock_diag knows that the server ACKed a request, not when: the demo's
 // line says so instead of a time.
 func TestEventLineOnSockDiag(t *testing.T) {
-	e := agent.Event{Kind: agent.KindStall, Server: "127.0.0.1:11344", ClientAddr: "127.0.0.1:35418",
-		Client: "scanapp", PID: 4121, Fields: map[string]any{"state": agent.StateAckedSilent, "phase": "handshake",
+	e := correlate.Event{Kind: correlate.KindStall, Server: "127.0.0.1:11344", ClientAddr: "127.0.0.1:35418",
+		Client: "scanapp", PID: 4121, Fields: map[string]any{"state": correlate.StateAckedSilent, "phase": "handshake",
 			"age_seconds": 10.4, "acked_after_seconds": 0.0, "idle_age_seconds": 0.0}}
 	bpfLine, diagLine := eventLine(e, agent.SourceBPF), eventLine(e, agent.SourceSockDiag)
 	if !strings.Contains(bpfLine, "ACKed by the server 0 ms after it was sent, no answer for 10.4 s (acked_silent)") {
@@ -31,7 +32,7 @@ func TestEventLineOnSockDiag(t *testing.T) {
 		t.Errorf("sock_diag line: %s", diagLine)
 	}
 	unacked := e
-	unacked.Fields = map[string]any{"state": agent.StateUnacked, "phase": "request", "age_seconds": 11.0,
+	unacked.Fields = map[string]any{"state": correlate.StateUnacked, "phase": "request", "age_seconds": 11.0,
 		"acked_after_seconds": nil, "idle_age_seconds": 0.0}
 	if got, want := eventLine(unacked, agent.SourceSockDiag), unacked.Summary(); got != want {
 		t.Errorf("an unacked stall reads %q, want it as is: %q", got, want)
@@ -45,7 +46,7 @@ func TestSummaryMarksWhatSockDiagCannotSee(t *testing.T) {
 	const server = "127.0.0.1:11344"
 	m.ExchangeDuration.WithLabelValues(server, "scanapp", "request").Observe(0.25)
 	m.ExchangeDuration.WithLabelValues(server, "scanapp", "request").Observe(0.75)
-	m.Stalls.WithLabelValues(server, "scanapp", agent.StateAckedSilent).Inc()
+	m.Stalls.WithLabelValues(server, "scanapp", correlate.StateAckedSilent).Inc()
 	m.ConnectionCloses.WithLabelValues(server, "scanapp", "server", "fin").Add(3)
 	mfs, err := reg.Gather()
 	if err != nil {

@@ -4,7 +4,7 @@
 // The correlator is pure Go: it keeps no clock of its own (observations
 // carry their time, Sweep is given "now"), so recorded and synthetic
 // streams replay exactly.
-package agent
+package correlate
 
 import (
 	"errors"

@@ -1,9 +1,10 @@
-package agent
+package analyze
 
 import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -22,19 +23,19 @@ import (
 
 // The captures in testdata/captures are recorded by `make fixtures`
 // (scripts/fixtures) from the lab server on port 21344.
-func analyzeFile(t *testing.T, name string, mod func(*AnalyzeConfig)) Analysis {
+func analyzeFile(t *testing.T, name string, mod func(*Config)) Analysis {
 	t.Helper()
 	f, err := os.Open(filepath.Join("testdata", "captures", name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	cfg := AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()}
+	cfg := Config{Ports: []uint16{21344}, Correlator: correlate.DefaultConfig()}
 	cfg.Correlator.StallThreshold = time.Second
 	if mod != nil {
 		mod(&cfg)
 	}
-	a, err := Analyze(f, cfg)
+	a, err := Run(f, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,14 +45,14 @@ func analyzeFile(t *testing.T, name string, mod func(*AnalyzeConfig)) Analysis {
 	return a
 }
 
-func eventKinds(evs []Event) map[string]int {
+func eventKinds(evs []correlate.Event) map[string]int {
 	m := map[string]int{}
 	for _, e := range evs {
 		k := e.Kind
 		if v, ok := e.Fields["race_kind"]; ok {
 			k += ":" + v.(string)
 		}
-		if v, ok := e.Fields["state"]; ok && e.Kind == KindStall {
+		if v, ok := e.Fields["state"]; ok && e.Kind == correlate.KindStall {
 			k += ":" + v.(string)
 		}
 		m[k]++
@@ -64,7 +65,7 @@ func TestAnalyzeSeed(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			a := analyzeFile(t, name, nil)
 			k := eventKinds(a.Events)
-			if k["stall:acked_silent"] != 1 || k[KindRelease] != 1 || k[KindStallEnd] != 1 {
+			if k["stall:acked_silent"] != 1 || k[correlate.KindRelease] != 1 || k[correlate.KindStallEnd] != 1 {
 				t.Errorf("want one acked_silent stall, its end and its release; got %v", k)
 			}
 			// 5 OPTIONS and the handshakes of 3 connections.
@@ -81,7 +82,7 @@ func TestAnalyzeSeed(t *testing.T) {
 				t.Errorf("gaps: %d requests, %d handshakes; want 5 and at least 3", req, hs)
 			}
 			for _, e := range a.Events {
-				if e.Kind == KindStall && e.Fields["phase"] != "handshake" {
+				if e.Kind == correlate.KindStall && e.Fields["phase"] != "handshake" {
 					t.Errorf("the seed's stall is in the handshake: %+v", e)
 				}
 			}
@@ -92,12 +93,12 @@ func TestAnalyzeSeed(t *testing.T) {
 func TestAnalyzeRaceTLS12(t *testing.T) {
 	a := analyzeFile(t, "race-tls12.pcap", nil)
 	k := eventKinds(a.Events)
-	if k["race:"+RaceReuseAfterClose] != 1 {
+	if k["race:"+correlate.RaceReuseAfterClose] != 1 {
 		t.Errorf("want a reuse_after_server_close race, got %v", k)
 	}
 	var v12 bool
 	for _, e := range a.Events {
-		if e.Kind == KindTLSAlert && e.Fields["direction"] == "server" && e.Fields["tls_version"] == "1.2" {
+		if e.Kind == correlate.KindTLSAlert && e.Fields["direction"] == "server" && e.Fields["tls_version"] == "1.2" {
 			v12 = true
 		}
 	}
@@ -112,7 +113,7 @@ func TestAnalyzeIPv6Pcapng(t *testing.T) {
 		t.Fatalf("format %s, %d request gaps to [::1]:21344 (all: %v)", a.Format, n, a.Gaps)
 	}
 	// --server keeps one server.
-	other := analyzeFile(t, "ipv6.pcapng", func(c *AnalyzeConfig) { c.Server = netip.MustParseAddrPort("[::1]:9") })
+	other := analyzeFile(t, "ipv6.pcapng", func(c *Config) { c.Server = netip.MustParseAddrPort("[::1]:9") })
 	if len(other.Gaps)+len(other.Events) != 0 {
 		t.Errorf("server filter kept %d gaps, %d events", len(other.Gaps), len(other.Events))
 	}
@@ -124,17 +125,17 @@ func TestAnalyzeBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Cut short: what came before the cut is still analyzed.
-	a, err := Analyze(bytes.NewReader(good[:len(good)*2/3+7]), AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()})
+	a, err := Run(bytes.NewReader(good[:len(good)*2/3+7]), Config{Ports: []uint16{21344}, Correlator: correlate.DefaultConfig()})
 	if err != nil || a.Err == nil || a.Capture.Frames == 0 || len(a.Gaps) == 0 {
 		t.Errorf("truncated: err %v, damage %v, %d frames, %d gaps", err, a.Err, a.Capture.Frames, len(a.Gaps))
 	}
-	if _, err := Analyze(strings.NewReader("this is not a capture at all"), AnalyzeConfig{Correlator: DefaultConfig()}); !errors.Is(err, wire.ErrFormat) {
+	if _, err := Run(strings.NewReader("this is not a capture at all"), Config{Correlator: correlate.DefaultConfig()}); !errors.Is(err, wire.ErrFormat) {
 		t.Errorf("garbage: %v", err)
 	}
 	// An unknown link type is named, with the ones that are read.
 	unknown := append([]byte{}, good...)
 	unknown[20], unknown[21], unknown[22], unknown[23] = 0xdc, 0x00, 0x00, 0x00 // pcap header linktype 220, little endian
-	_, err = Analyze(bytes.NewReader(unknown), AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()})
+	_, err = Run(bytes.NewReader(unknown), Config{Ports: []uint16{21344}, Correlator: correlate.DefaultConfig()})
 	var lte *wire.LinkTypeError
 	if !errors.As(err, &lte) || !strings.Contains(err.Error(), "link type 220 (USB) is not supported") ||
 		!strings.Contains(err.Error(), "SLL2 (276)") {
@@ -173,13 +174,13 @@ func TestAnalyzePcapngOtherLink(t *testing.T) {
 		}
 		return buf.Bytes()
 	}
-	cfg := AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()}
-	_, err := Analyze(bytes.NewReader(write(false)), cfg)
+	cfg := Config{Ports: []uint16{21344}, Correlator: correlate.DefaultConfig()}
+	_, err := Run(bytes.NewReader(write(false)), cfg)
 	var lte *wire.LinkTypeError
 	if !errors.As(err, &lte) || !strings.Contains(err.Error(), "link type 254 is not supported") {
 		t.Errorf("pcapng of an unsupported link type: %v", err)
 	}
-	a, err := Analyze(bytes.NewReader(write(true)), cfg)
+	a, err := Run(bytes.NewReader(write(true)), cfg)
 	if err != nil || a.Wire.Packets != uint64(len(frames)+1)/2 || a.Capture.OtherLink != uint64(len(frames))/2 ||
 		!slices.Equal(a.OtherLinks, []string{"254"}) {
 		t.Errorf("mixed pcapng: %v; %d IP packets, %d frames of another link, of %d (%+v)", err, a.Wire.Packets, a.Capture.OtherLink, len(frames), a.Capture)
@@ -195,7 +196,7 @@ func FuzzAnalyze(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		Analyze(bytes.NewReader(b), AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()})
+		Run(bytes.NewReader(b), Config{Ports: []uint16{21344}, Correlator: correlate.DefaultConfig()})
 	})
 }
 
@@ -250,10 +251,10 @@ func TestAnalyzeStallAtThreshold(t *testing.T) {
 	// The seed's handshake waits about 2 s: each threshold below catches it.
 	for _, threshold := range []time.Duration{300 * time.Millisecond, time.Second, 1700 * time.Millisecond} {
 		for _, name := range []string{"seed-tls13.pcap", "seed-any-sll2.pcap"} {
-			a := analyzeFile(t, name, func(c *AnalyzeConfig) { c.Correlator.StallThreshold = threshold })
+			a := analyzeFile(t, name, func(c *Config) { c.Correlator.StallThreshold = threshold })
 			var stalls int
 			for _, e := range a.Events {
-				if e.Kind != KindStall {
+				if e.Kind != correlate.KindStall {
 					continue
 				}
 				stalls++
@@ -379,10 +380,10 @@ func TestAnalyzeDuplicatesAcrossInterfaces(t *testing.T) {
 			retransmit = i
 		}
 	}
-	cfg := AnalyzeConfig{Ports: []uint16{21344}, Correlator: DefaultConfig()}
+	cfg := Config{Ports: []uint16{21344}, Correlator: correlate.DefaultConfig()}
 	cfg.Correlator.StallThreshold = time.Second
 	analyze := func(frames []frame) Analysis {
-		a, err := Analyze(bytes.NewReader(writePcap(t, layers.LinkTypeLinuxSLL2, frames)), cfg)
+		a, err := Run(bytes.NewReader(writePcap(t, layers.LinkTypeLinuxSLL2, frames)), cfg)
 		if err != nil || a.Err != nil {
 			t.Fatal(err, a.Err)
 		}

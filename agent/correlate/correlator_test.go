@@ -1,4 +1,4 @@
-package agent
+package correlate
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package agent
+package correlate
 
 import (
 	"math/rand/v2"

@@ -1,7 +1,8 @@
-package agent
+package analyze
 
 import (
 	"bytes"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"net/netip"
 	"testing"
 
@@ -17,12 +18,12 @@ func BenchmarkAnalyze(b *testing.B) {
 		b.Fatal(err)
 	}
 	data := buf.Bytes()
-	cfg := AnalyzeConfig{Ports: []uint16{11344}, Correlator: DefaultConfig()}
+	cfg := Config{Ports: []uint16{11344}, Correlator: correlate.DefaultConfig()}
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		a, err := Analyze(bytes.NewReader(data), cfg)
+		a, err := Run(bytes.NewReader(data), cfg)
 		if n := len(a.Gaps[GapKey{"192.0.2.1:11344", "request"}]); err != nil || n != packets/4 {
 			b.Fatalf("%v: %d request gaps", err, n)
 		}

@@ -1,7 +1,8 @@
-package agent
+package analyze
 
 import (
 	"errors"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"io"
 	"net/netip"
 	"time"
@@ -11,10 +12,10 @@ import (
 	"github.com/icapwatch/icapwatch/exporter"
 )
 
-// AnalyzeConfig is `icapwatch analyze`'s setting.
-type AnalyzeConfig struct {
+// Config is `icapwatch analyze`'s setting.
+type Config struct {
 	Ports      []uint16
-	Correlator Config
+	Correlator correlate.Config
 	// Server keeps only this server's events and gaps (zero: all).
 	Server netip.AddrPort
 	// Progress, when set, is called about every Every packets.
@@ -134,7 +135,7 @@ type Analysis struct {
 	Capture     wire.CaptureStats
 	Wire        wire.Stats
 	First, Last time.Time
-	Events      []Event
+	Events      []correlate.Event
 	// Gaps are the answered exchanges' gaps by server and phase, in the
 	// order of their answers: eight bytes an exchange, so that a capture
 	// of millions of exchanges stays cheap to hold.
@@ -147,7 +148,7 @@ type Analysis struct {
 	// OtherLinks name the unsupported link types of pcapng interfaces
 	// whose frames were passed over ("220 (USB)").
 	OtherLinks []string
-	Open       []OpenExchange // exchanges still open at the end of the capture
+	Open       []correlate.OpenExchange // exchanges still open at the end of the capture
 	// Err is the damage that ended reading early, if any: what came
 	// before it is analyzed.
 	Err error
@@ -155,7 +156,7 @@ type Analysis struct {
 
 // Analyze runs a capture through the same rules as the kernel and the
 // same correlator as the agent, on the capture's clock.
-func Analyze(r io.Reader, cfg AnalyzeConfig) (Analysis, error) {
+func Run(r io.Reader, cfg Config) (Analysis, error) {
 	a := Analysis{Gaps: map[GapKey][]time.Duration{}, Timelines: map[ConnKey]*Timeline{}}
 	capture, err := wire.OpenCapture(r)
 	if err != nil {
@@ -163,7 +164,7 @@ func Analyze(r io.Reader, cfg AnalyzeConfig) (Analysis, error) {
 	}
 	a.Format = capture.Format
 	keep := func(server string) bool { return !cfg.Server.IsValid() || server == cfg.Server.String() }
-	corr, err := New(cfg.Correlator, exporter.NewMetrics(nil), func(e Event) {
+	corr, err := correlate.New(cfg.Correlator, exporter.NewMetrics(nil), func(e correlate.Event) {
 		if !keep(e.Server) {
 			return
 		}
@@ -179,7 +180,7 @@ func Analyze(r io.Reader, cfg AnalyzeConfig) (Analysis, error) {
 	}
 	slow := cfg.Correlator.StallThreshold / timelineSlow
 	var open openExchanges
-	corr.OnGap = func(g Gap) {
+	corr.OnGap = func(g correlate.Gap) {
 		open.end(g.Client, g.At.Add(-g.Gap))
 		if !keep(g.Server) {
 			return
