@@ -1,9 +1,3 @@
-// Package bpf holds icapwatch's kernel side: the eBPF programs, their
-// generated bindings, the loader and the feature probes.
-//
-// Tracepoint layouts moved between 4.18 and 6.x and between RHEL minors, so
-// the programs never assume one: the loader reads each field's offset from
-// the running kernel's tracefs format file and passes it in a config map.
 package bpf
 
 import (

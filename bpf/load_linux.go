@@ -1,0 +1,230 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// loadOptions are for tests.
+type loadOptions struct {
+	// verifyKprobes loads the kprobe programs even where the kernel has no
+	// kprobes to attach them to (the program type exists wherever
+	// tracepoint programs do), so the verifier checks them.
+	verifyKprobes bool
+	// edit changes each spec before it is loaded, to make a load fail.
+	edit func(*ebpf.CollectionSpec)
+}
+
+// load prepares the kernel side without attaching anything: Program.Run
+// tests use it as it is.
+func load(cfg Config) (p *Probe, kprobes bool, err error) {
+	return loadWith(cfg, loadOptions{})
+}
+
+func loadWith(cfg Config, opts loadOptions) (p *Probe, kprobes bool, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, false, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	p = &Probe{log: log}
+	opened := p // the error returns below clear p
+	defer func() {
+		if err != nil {
+			opened.Close()
+		}
+	}()
+
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Without
+	// CAP_SYS_RESOURCE the limit stays, which matters only if the load then
+	// fails: the error says both.
+	memlockErr := rlimit.RemoveMemlock()
+	if memlockErr != nil {
+		log.Debug("RLIMIT_MEMLOCK not raised", "error", memlockErr)
+	}
+	root, mounted, err := ensureTracefs()
+	if err != nil {
+		return nil, false, err
+	}
+	if mounted {
+		p.unmount = root
+		log.Info("mounted tracefs", "path", root)
+	}
+	settings, err := tracepointSettings(root)
+	if err != nil {
+		return nil, false, err
+	}
+	kprobes = cfg.Kprobes != KprobesOff
+	if kprobes && !opts.verifyKprobes {
+		if reason := kprobeSettings(&settings); reason != "" {
+			kprobes = false
+			p.addHook(HookStatus{Name: HookSendmsg, Optional: true, Error: reason})
+			p.addHook(HookStatus{Name: HookCleanupRbuf, Optional: true, Error: reason})
+		}
+	}
+
+	output := cfg.Output
+	if output == ModeAuto {
+		output = OutputPerf
+		if features.HaveMapType(ebpf.RingBuf) == nil {
+			output = OutputRing
+		}
+	}
+	// What to try, best first: an optional program or the ring buffer
+	// that the kernel refuses costs the upgrade, not the agent.
+	type attempt struct {
+		output  string
+		kprobes bool
+	}
+	attempts := []attempt{{output, kprobes}}
+	if kprobes {
+		attempts = append(attempts, attempt{output, false})
+	}
+	if output == OutputRing && cfg.Output == ModeAuto {
+		attempts = append(attempts, attempt{OutputPerf, kprobes})
+		if kprobes {
+			attempts = append(attempts, attempt{OutputPerf, false})
+		}
+	}
+	var kprobeErr, ringErr error // the last of each variant's
+	for _, try := range attempts {
+		p.output = try.output
+		p.coll, err = loadCollection(cfg, try.output, try.kprobes, opts.edit)
+		if err == nil {
+			if try.kprobes != kprobes && kprobeErr != nil {
+				kprobes = false
+				why := "not loaded: " + kprobeErr.Error()
+				p.addHook(HookStatus{Name: HookSendmsg, Optional: true, Error: why})
+				p.addHook(HookStatus{Name: HookCleanupRbuf, Optional: true, Error: why})
+				log.Warn("optional kprobe programs did not load; running without them", "error", kprobeErr)
+			}
+			if try.output != output {
+				log.Warn("the ring buffer object did not load; events go through the perf buffer",
+					"error", ringErr)
+			}
+			break
+		}
+		if try.kprobes {
+			kprobeErr = err
+		}
+		if try.output == OutputRing {
+			ringErr = err
+		}
+	}
+	if err != nil {
+		// The last attempt is the baseline: its error is what stops us.
+		return nil, false, loadError(err, memlockErr)
+	}
+	if err := p.configure(cfg, settings); err != nil {
+		return nil, false, err
+	}
+	if err := p.openReader(cfg); err != nil {
+		return nil, false, err
+	}
+	p.wallOff = wallOffset()
+	p.poll = cfg.Poll
+	return p, kprobes, nil
+}
+
+// loadCollection loads one variant of the object.
+func loadCollection(cfg Config, output string, kprobes bool, edit func(*ebpf.CollectionSpec)) (*ebpf.Collection, error) {
+	spec, err := loadSpec(output)
+	if err != nil {
+		return nil, err
+	}
+	spec.Maps["flows"].MaxEntries = cfg.MaxFlows
+	if output == OutputRing {
+		spec.Maps["events"].MaxEntries = uint32(cfg.RingBuffer)
+	}
+	if !kprobes {
+		for name, prog := range spec.Programs {
+			if prog.Type == ebpf.Kprobe {
+				delete(spec.Programs, name)
+			}
+		}
+	}
+	if edit != nil {
+		edit(spec)
+	}
+	return ebpf.NewCollection(spec)
+}
+
+func loadSpec(output string) (*ebpf.CollectionSpec, error) {
+	load := loadIcapwatch
+	if output == OutputRing {
+		load = loadIcapwatchRingbuf
+	}
+	spec, err := load()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded eBPF object: %w", err)
+	}
+	// It only carries the enum types for bpf2go.
+	delete(spec.Maps, "exported_types")
+	return spec, nil
+}
+
+// Capabilities, as the errors name them.
+const (
+	capsLoad       = "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN on kernels before 5.8"
+	capsTracepoint = "CAP_PERFMON, or CAP_SYS_ADMIN on kernels before 5.8"
+)
+
+// loadError keeps the verifier's log and says which capability is missing.
+func loadError(err, memlockErr error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("load eBPF programs: the verifier refused them:\n%+v", ve)
+	}
+	if errors.Is(err, unix.EPERM) {
+		if memlockErr != nil {
+			return fmt.Errorf("load eBPF programs: %w (needs %s; on kernels before 5.11 also CAP_SYS_RESOURCE to raise RLIMIT_MEMLOCK, which failed: %v)",
+				err, capsLoad, memlockErr)
+		}
+		return fmt.Errorf("load eBPF programs: %w (needs %s)", err, capsLoad)
+	}
+	return fmt.Errorf("load eBPF programs: %w", err)
+}
+
+// needs adds the missing capability to a permission error.
+func needs(err error, caps string) error {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("%w (needs %s)", err, caps)
+	}
+	return err
+}
+
+// tracepointError: the tracepoint's ID comes from a tracefs file, the
+// attach is a perf event.
+func tracepointError(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return needs(err, capsTracefs)
+	}
+	return needs(err, capsTracepoint)
+}
+
+// configure writes the settings and the watched-port bitmap.
+func (p *Probe) configure(cfg Config, settings icapwatchConfig) error {
+	if err := p.coll.Maps["config_map"].Put(uint32(0), settings); err != nil {
+		return fmt.Errorf("write settings map: %w", err)
+	}
+	bitmap := map[uint32]uint32{}
+	for _, port := range cfg.Ports {
+		bitmap[uint32(port)>>5] |= 1 << (port & 31)
+	}
+	for idx, bits := range bitmap {
+		if err := p.coll.Maps["ports"].Put(idx, bits); err != nil {
+			return fmt.Errorf("write ports map: %w", err)
+		}
+	}
+	return nil
+}

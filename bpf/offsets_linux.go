@@ -1,0 +1,194 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
+)
+
+// ensureTracefs finds tracefs or mounts it at the standard place.
+func ensureTracefs() (root string, mounted bool, err error) {
+	root, err = FindTracefs()
+	if err == nil {
+		return root, false, nil
+	}
+	if !errors.Is(err, ErrNoTracefs) {
+		return "", false, err // there, but not for us
+	}
+	root = TracefsPaths[0]
+	if err := unix.Mount("nodev", root, "tracefs", 0, ""); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return "", false, fmt.Errorf("%w (mounting it needs CAP_SYS_ADMIN)", ErrNoTracefs)
+		}
+		return "", false, fmt.Errorf("%w (mount failed: %v)", ErrNoTracefs, err)
+	}
+	return root, true, nil
+}
+
+// tracepointSettings takes the tracepoint field offsets from tracefs.
+func tracepointSettings(root string) (icapwatchConfig, error) {
+	var c icapwatchConfig
+	type want struct {
+		name     string
+		dst      *uint16
+		sizes    []int
+		optional bool
+	}
+	tuple := func(o *icapwatchTupleOffsets, familyOptional bool) []want {
+		return []want{
+			{"skaddr", &o.Skaddr, []int{8}, false},
+			{"sport", &o.Sport, []int{2}, false},
+			{"dport", &o.Dport, []int{2}, false},
+			{"family", &o.Family, []int{2}, familyOptional},
+			{"saddr", &o.Saddr, []int{4}, false},
+			{"daddr", &o.Daddr, []int{4}, false},
+			{"saddr_v6", &o.SaddrV6, []int{16}, false},
+			{"daddr_v6", &o.DaddrV6, []int{16}, false},
+		}
+	}
+	for _, tp := range []struct {
+		system, event string
+		fields        []want
+	}{
+		{"sock", "inet_sock_set_state", append(tuple(&c.Ss, false),
+			want{"oldstate", &c.SsOldstate, []int{4}, false},
+			want{"newstate", &c.SsNewstate, []int{4}, false},
+			want{"protocol", &c.SsProtocol, []int{1, 2}, false})},
+		{"tcp", "tcp_retransmit_skb", tuple(&c.Rt, true)},
+	} {
+		format, err := ReadFormat(root, tp.system, tp.event)
+		if err != nil {
+			return c, fmt.Errorf("tracepoint %s/%s: %w", tp.system, tp.event, err)
+		}
+		for _, w := range tp.fields {
+			*w.dst = offNone
+			f, err := format.Field(w.name)
+			if err != nil {
+				if w.optional {
+					continue
+				}
+				return c, fmt.Errorf("tracepoint %s/%s: %w", tp.system, tp.event, err)
+			}
+			if !containsInt(w.sizes, f.Size) || f.Offset < 0 || f.Offset+f.Size > 0xfffe {
+				return c, fmt.Errorf("tracepoint %s/%s: field %s has size %d at offset %d, want size %v",
+					tp.system, tp.event, w.name, f.Size, f.Offset, w.sizes)
+			}
+			*w.dst = uint16(f.Offset)
+		}
+	}
+	return c, nil
+}
+
+const offNone = 0xffff
+
+func containsInt(list []int, v int) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// kprobeSettings fills the pt_regs and sock_common offsets from the
+// kernel's BTF. It returns why kprobes cannot run, or "".
+func kprobeSettings(c *icapwatchConfig) string {
+	c.KpArg1, c.KpArg2, c.KpArg3 = offNone, offNone, offNone
+	if _, err := os.Stat("/sys/bus/event_source/devices/kprobe"); err != nil {
+		if root, err := FindTracefs(); err != nil || !exists(root+"/kprobe_events") {
+			return "this kernel has no kprobes"
+		}
+	}
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Sprintf("no kernel BTF for struct sock_common offsets: %v", err)
+	}
+	args, err := argOffsets(spec, runtime.GOARCH)
+	if err != nil {
+		return err.Error()
+	}
+	c.KpArg1, c.KpArg2, c.KpArg3 = args[0], args[1], args[2]
+	for _, f := range []struct {
+		name string
+		dst  *uint16
+	}{
+		{"skc_daddr", &c.SkDaddr}, {"skc_rcv_saddr", &c.SkRcvSaddr}, {"skc_dport", &c.SkDport},
+		{"skc_num", &c.SkNum}, {"skc_family", &c.SkFamily}, {"skc_v6_daddr", &c.SkV6Daddr},
+		{"skc_v6_rcv_saddr", &c.SkV6RcvSaddr},
+	} {
+		off, err := memberOffset(spec, "sock_common", f.name)
+		if err != nil {
+			return err.Error()
+		}
+		*f.dst = off
+	}
+	return ""
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// argOffsets gives where struct pt_regs holds the first three arguments.
+func argOffsets(spec *btf.Spec, arch string) ([3]uint16, error) {
+	var out [3]uint16
+	switch arch {
+	case "amd64": // System V ABI: rdi, rsi, rdx
+		for i, reg := range []string{"di", "si", "dx"} {
+			off, err := memberOffset(spec, "pt_regs", reg)
+			if err != nil {
+				return out, err
+			}
+			out[i] = off
+		}
+	case "arm64": // AAPCS64: x0, x1, x2 are regs[0..2]
+		off, err := memberOffset(spec, "pt_regs", "regs")
+		if err != nil {
+			return out, err
+		}
+		out = [3]uint16{off, off + 8, off + 16}
+	default:
+		return out, fmt.Errorf("kprobe arguments are not mapped for %s", arch)
+	}
+	return out, nil
+}
+
+// memberOffset finds a member of a struct, looking into anonymous unions
+// and structs, and returns its byte offset.
+func memberOffset(spec *btf.Spec, typ, member string) (uint16, error) {
+	var s *btf.Struct
+	if err := spec.TypeByName(typ, &s); err != nil {
+		return 0, fmt.Errorf("kernel BTF: struct %s: %w", typ, err)
+	}
+	if off, ok := findMember(s.Members, member, 0); ok {
+		return uint16(off / 8), nil
+	}
+	return 0, fmt.Errorf("kernel BTF: struct %s has no member %s", typ, member)
+}
+
+func findMember(members []btf.Member, name string, base btf.Bits) (btf.Bits, bool) {
+	for _, m := range members {
+		if m.Name == name {
+			return base + m.Offset, true
+		}
+		if m.Name != "" {
+			continue
+		}
+		switch t := btf.UnderlyingType(m.Type).(type) {
+		case *btf.Struct:
+			if off, ok := findMember(t.Members, name, base+m.Offset); ok {
+				return off, true
+			}
+		case *btf.Union:
+			if off, ok := findMember(t.Members, name, base+m.Offset); ok {
+				return off, true
+			}
+		}
+	}
+	return 0, false
+}
