@@ -50,8 +50,8 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	done
 
 .PHONY: fixtures
-fixtures: ## Record the test captures in agent/testdata/captures (root; tcpdump, dumpcap).
-	$(GO) run ./scripts/fixtures -out agent/testdata/captures
+fixtures: ## Record the test captures in agent/analyze/testdata/captures (root; tcpdump, dumpcap).
+	$(GO) run ./scripts/fixtures -out agent/analyze/testdata/captures
 
 .PHONY: bench
 bench: build ## Measure cost and speed side by side (observer effect, footprint, detection, correlator, analyze vs tshark) into bench-results.md.

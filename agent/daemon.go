@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/icapwatch/icapwatch/agent/correlate"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/agent/observe"
 	"github.com/icapwatch/icapwatch/bpf"
 	"github.com/icapwatch/icapwatch/exporter"
@@ -66,8 +66,11 @@ type DaemonConfig struct {
 	EventsKeep    int
 	Proc          string // the host's /proc
 	Logger        hclog.Logger
-	// OnEvent, when set, is told of every event too (the demo's timeline).
+	// OnEvent, when set, is told of every event too (the demo's timeline),
+	// and OnGap of every answered exchange. Both run under the agent's
+	// lock and must not call the Daemon.
 	OnEvent func(correlate.Event)
+	OnGap   func(correlate.Gap)
 
 	kernelFlowsEvery time.Duration // 0: kernelFlowsEvery; tests shorten it
 }
@@ -163,11 +166,17 @@ func NewDaemon(cfg DaemonConfig) (*Daemon, error) {
 		events: make([]correlate.Event, cfg.EventsKeep)}
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.m = exporter.NewMetrics(d.reg)
-	corr, err := correlate.New(cfg.Correlator, d.m, d.onEvent)
+	corrCfg := cfg.Correlator
+	// Live, a sweep that comes late (a suspended host) need not catch up
+	// second by second: stalls due meanwhile are still found at their time.
+	corrCfg.SweepInterval, corrCfg.MaxCatchUp = cfg.SweepInterval, cfg.SweepInterval
+	corr, err := correlate.New(corrCfg, newMeter(d.m), d.onEvent)
 	if err != nil {
 		return nil, err
 	}
 	d.corr = corr
+	corr.OnGap = cfg.OnGap
+	d.reg.MustRegister(&stateCollector{descs: exporter.NewStateDescs(), mu: &d.mu, corr: corr, now: time.Now})
 	return d, nil
 }
 
@@ -188,7 +197,8 @@ func (d *Daemon) onEvent(e correlate.Event) {
 	d.events[d.next] = e
 	d.next = (d.next + 1) % len(d.events)
 	d.full = d.full || d.next == 0
-	d.log.Info(e.Kind, e.LogArgs()...)
+	countEvent(d.m, e)
+	d.log.Info(string(e.Kind()), e.LogArgs()...)
 	if d.cfg.OnEvent != nil {
 		d.cfg.OnEvent(e)
 	}
@@ -258,12 +268,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 	}
 
-	// The sweep runs every interval, and also when an exchange is due to
-	// cross the threshold, so a stall shows at once rather than up to an
-	// interval late.
-	tick := time.NewTimer(d.cfg.SweepInterval)
+	// The correlator sweeps every interval, and also when an exchange is
+	// due to cross the threshold, so a stall shows at once rather than up
+	// to an interval late: the timer follows its NextSweep.
+	d.mu.Lock()
+	d.corr.Advance(time.Now()) // starts its clock
+	next := d.corr.NextSweep()
+	d.mu.Unlock()
+	tick := time.NewTimer(time.Until(next))
 	defer tick.Stop()
-	next := time.Now().Add(d.cfg.SweepInterval)
 	var lost uint64
 	// sock_diag dumps every TCP socket of the host: as the source it runs
 	// every sweep; beside the kernel probes (seeding, unacked, unread) a
@@ -279,9 +292,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		for i := range batch {
 			d.corr.Observe(batch[i])
 		}
-		due := d.corr.NextStall()
+		due := d.corr.NextSweep()
 		d.mu.Unlock()
-		if !due.IsZero() && due.Before(next) {
+		if due.Before(next) {
 			next = due
 			tick.Reset(time.Until(next))
 		}
@@ -301,11 +314,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 					d.log.Warn("sock_diag poll failed", "error", err)
 				}
 			}
-			d.corr.Sweep(now)
-			next = now.Add(d.cfg.SweepInterval)
-			if due := d.corr.NextStall(); !due.IsZero() && due.Before(next) {
-				next = due
-			}
+			d.corr.Advance(now)
+			next = d.corr.NextSweep()
 			d.mu.Unlock()
 			tick.Reset(time.Until(next))
 			if probe != nil {

@@ -2,11 +2,11 @@ package agent
 
 import (
 	"fmt"
-	"github.com/icapwatch/icapwatch/agent/correlate"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/agent/observe"
 )
 

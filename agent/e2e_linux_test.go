@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"github.com/icapwatch/icapwatch/agent/correlate"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/bpf"
 	"github.com/icapwatch/icapwatch/deploy"
 	"github.com/icapwatch/icapwatch/icap"
@@ -114,8 +114,8 @@ func TestEndToEnd(t *testing.T) {
 		kinds[e["kind"].(string)]++
 	}
 	t.Logf("events: %v", kinds)
-	for _, k := range []string{correlate.KindStall, correlate.KindStallEnd, correlate.KindRelease, correlate.KindRace, correlate.KindClose, correlate.KindTLSAlert} {
-		if kinds[k] == 0 {
+	for _, k := range []correlate.Kind{correlate.KindStall, correlate.KindStallEnd, correlate.KindRelease, correlate.KindRace, correlate.KindClose, correlate.KindTLSAlert} {
+		if kinds[string(k)] == 0 {
 			t.Errorf("no %s event in /api/v1/events: %v", k, kinds)
 		}
 	}
@@ -130,7 +130,7 @@ func TestEndToEnd(t *testing.T) {
 		getJSON(t, base+"/api/v1/events", &api)
 		n := 0
 		for _, e := range api.Events {
-			if e["kind"] == correlate.KindStall && e["state"] == correlate.StateAckedSilent {
+			if e["kind"] == string(correlate.KindStall) && e["state"] == correlate.StateAckedSilent {
 				n++
 			}
 		}
@@ -152,7 +152,7 @@ func TestEndToEnd(t *testing.T) {
 	// connection.
 	var races []any
 	for _, e := range api.Events {
-		if e["kind"] == correlate.KindRace && e["client_addr"] == raceAddr {
+		if e["kind"] == string(correlate.KindRace) && e["client_addr"] == raceAddr {
 			races = append(races, e["race_kind"])
 		}
 	}
@@ -272,19 +272,6 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	return mf
-}
-
-func matches(m *dto.Metric, labels map[string]string) bool {
-	have := map[string]string{}
-	for _, l := range m.GetLabel() {
-		have[l.GetName()] = l.GetValue()
-	}
-	for k, v := range labels {
-		if have[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 func sum(mfs map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {

@@ -30,7 +30,6 @@ const (
 	inetDiagBcSLe     = 3  // INET_DIAG_BC_S_LE: local port <=
 	inetDiagBcDGe     = 4  // INET_DIAG_BC_D_GE: remote port >=
 	inetDiagBcDLe     = 5  // INET_DIAG_BC_D_LE: remote port <=
-	tcpStateListen    = 10 // no flow
 	tcpStatesAll      = 0xfff
 	diagReceiveBuffer = 64 << 10
 )
@@ -111,7 +110,7 @@ func diagDump(family uint8, filter []byte, buf []byte, out []Socket, ports map[u
 	ne.PutUint32(req[8:], 1) // sequence
 	r := req[unix.SizeofNlMsghdr:]
 	r[0], r[1], r[2] = family, unix.IPPROTO_TCP, 1<<(inetDiagInfo-1)
-	ne.PutUint32(r[4:], tcpStatesAll&^(1<<tcpStateListen))
+	ne.PutUint32(r[4:], tcpStatesAll&^(1<<observe.TCPListen))
 	if a := r[inetDiagReqV2Len:]; attrLen > 0 {
 		ne.PutUint16(a[0:], uint16(attrLen))
 		ne.PutUint16(a[2:], inetDiagBytecode)
@@ -159,10 +158,10 @@ func nlAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALI
 
 // parseDiagMsg reads one inet_diag_msg and its tcp_info, if any.
 func parseDiagMsg(m []byte, ports map[uint16]bool) (Socket, bool) {
-	if len(m) < inetDiagMsgLen || m[1] == tcpStateListen {
+	if len(m) < inetDiagMsgLen || observe.TCPState(m[1]) == observe.TCPListen {
 		return Socket{}, false
 	}
-	family, state := m[0], int(m[1])
+	family, state := m[0], observe.TCPState(m[1])
 	sport, dport := binary.BigEndian.Uint16(m[4:]), binary.BigEndian.Uint16(m[6:])
 	var local, remote netip.Addr
 	switch family {

@@ -26,7 +26,7 @@ func kernelObservation(e bpf.Event) observe.Observation {
 		Flow: observe.Flow{Client: e.Client, Server: e.Server},
 		Dir:  observe.Direction(e.Dir), Phase: observe.Phase(e.Phase), Flags: observe.Flags(e.Flags),
 		Seq: e.Seq, Ack: e.Ack, Len: e.Len, Bytes: e.Bytes,
-		OldState: int(e.OldState), NewState: int(e.NewState), PID: e.PID, Comm: e.Comm, Sock: e.Sock,
+		OldState: observe.TCPState(e.OldState), NewState: observe.TCPState(e.NewState), PID: e.PID, Comm: e.Comm, Sock: e.Sock,
 	}
 	if e.RefMono != 0 {
 		o.Ref = e.Time.Add(e.RefMono - e.Mono)

@@ -12,7 +12,7 @@ type Socket struct {
 	// ClientEnd: this host holds the client end (the watched port is the
 	// remote one).
 	ClientEnd bool
-	State     int
+	State     observe.TCPState
 	RQueue    uint32
 	Unacked   uint32
 	Retrans   uint32
@@ -48,7 +48,7 @@ type diagState struct {
 	open, acked bool
 	seen        bool // in the current snapshot
 	dir         observe.Direction
-	state       int
+	state       observe.TCPState
 	fin         [2]bool // FIN inferred from the states: client, server
 	// The queues last handed out, and when: an idle socket's unchanged
 	// empty queues are told again only once a keepalive.
@@ -62,23 +62,14 @@ type diagState struct {
 // empty queues at every poll cost most of the agent's time.
 const diagKeepalive = time.Minute
 
-// TCP states where a side has sent its FIN (include/net/tcp_states.h).
-const (
-	tcpFinWait1 = 4
-	tcpFinWait2 = 5
-	tcpTimeWait = 6
-	tcpLastAck  = 9
-	tcpClosing  = 11
-)
-
 // finFrom says which sides have sent a FIN, from one end's state: this
 // end's own FIN (FIN_WAIT, TIME_WAIT, CLOSING, LAST_ACK) and the peer's
 // (CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSING).
-func finFrom(state int) (own, peer bool) {
+func finFrom(state observe.TCPState) (own, peer bool) {
 	switch state {
-	case tcpFinWait1, tcpFinWait2:
+	case observe.TCPFinWait1, observe.TCPFinWait2:
 		return true, false
-	case tcpTimeWait, tcpClosing, tcpLastAck:
+	case observe.TCPTimeWait, observe.TCPClosing, observe.TCPLastAck:
 		return true, true
 	case observe.TCPCloseWait:
 		return false, true

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icapwatch/icapwatch/agent/observe"
 	"github.com/icapwatch/icapwatch/internal/testutil"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -205,7 +206,7 @@ func TestSockDiagPortFilter(t *testing.T) {
 			continue
 		}
 		ti := r.TCPInfo
-		if s.RQueue != r.InetDiagMsg.RQueue || s.State != int(r.InetDiagMsg.State) ||
+		if s.RQueue != r.InetDiagMsg.RQueue || s.State != observe.TCPState(r.InetDiagMsg.State) ||
 			s.Unacked != ti.Unacked || s.Retrans != ti.Total_retrans ||
 			s.BytesAcked != ti.Bytes_acked || s.BytesReceived != ti.Bytes_received ||
 			!near(s.SinceSent, ti.Last_data_sent) || !near(s.SinceRecv, ti.Last_data_recv) ||

@@ -1,17 +1,17 @@
 package agent
 
 import (
-	"github.com/icapwatch/icapwatch/agent/correlate"
 	"testing"
 	"time"
 
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/agent/observe"
 )
 
 // The fallback source: exchanges from the sockets' timers, fed to the
 // same correlator.
 func TestDiagTrackerFallback(t *testing.T) {
-	h := newHarness(t, nil)
+	h := newHarness(t)
 	d := newDiagTracker(true)
 	sock := func(sent, recv float64, unacked, rqueue uint32) []Socket {
 		return []Socket{{Flow: flowA, ClientEnd: true, State: observe.TCPEstablished, Unacked: unacked, RQueue: rqueue,
@@ -40,13 +40,13 @@ func TestDiagTrackerFallback(t *testing.T) {
 	if e := h.events[0]; e.PID != 77 || e.Client != "scanapp" {
 		t.Errorf("owner: %+v", e)
 	}
-	h.wantMetric(h.m.Connections, 0, srvA.String(), "scanapp", "established")
+	h.wantMetric("icapwatch_connections", 0, map[string]string{"server": srvA.String(), "client": "scanapp", "state": "established"})
 }
 
 // With the kernel source, sock_diag confirms the ACK state and finds
 // answers the application does not read.
 func TestDiagTrackerConfirmsAndFindsUnread(t *testing.T) {
-	h := newHarness(t, nil)
+	h := newHarness(t)
 	d := newDiagTracker(false)
 	// The kernel saw an ACK, but sock_diag sees unacked bytes: unacked.
 	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Acked, flowA, 0.05)
@@ -63,7 +63,7 @@ func TestDiagTrackerConfirmsAndFindsUnread(t *testing.T) {
 // On loopback sock_diag shows both ends: the server end's queue (a
 // request the server has not read yet) is no unread answer.
 func TestServerEndQueueIsNotUnread(t *testing.T) {
-	h := newHarness(t, nil)
+	h := newHarness(t)
 	d := newDiagTracker(false)
 	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Answer, flowA, 0.1)
 	d.update(at(1), []Socket{{Flow: flowA, ClientEnd: false, State: observe.TCPEstablished, RQueue: 300}}, h.c.Observe)
@@ -108,7 +108,7 @@ func TestDiagTrackerTellsIdleQueuesSeldom(t *testing.T) {
 // what grew between polls, not what happened before the first one.
 func TestDiagTrackerRetransmits(t *testing.T) {
 	for _, source := range []bool{true, false} {
-		h := newHarness(t, nil)
+		h := newHarness(t)
 		d := newDiagTracker(source)
 		for i, n := range []uint32{2, 2, 5} {
 			d.update(at(float64(i)), []Socket{{Flow: flowA, ClientEnd: true, State: observe.TCPEstablished, Retrans: n}},
@@ -118,6 +118,6 @@ func TestDiagTrackerRetransmits(t *testing.T) {
 		if source {
 			want = 3 // beside the kernel probes, the wire tells them
 		}
-		h.wantMetric(h.m.Retransmits, want, srvA.String())
+		h.wantMetric("icapwatch_retransmits_total", want, map[string]string{"server": srvA.String()})
 	}
 }

@@ -19,24 +19,20 @@ var GapBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.
 // turns into a race.
 var IdleAgeBuckets = []float64{1, 5, 10, 30, 60, 120, 180, 240, 270, 285, 295, 300, 310, 600}
 
-// Metrics are the agent's metrics, by the names of the contract.
+// Metrics are the agent's metrics that count or measure as things happen,
+// by the names of the contract. The gauges of the correlator's state are
+// computed at each scrape: see StateDescs.
 type Metrics struct {
 	ExchangeDuration    *prometheus.HistogramVec // server, client, phase
 	Stalls              *prometheus.CounterVec   // server, client, state
-	Stalled             *prometheus.GaugeVec     // server, client, state
-	OldestOpenExchange  *prometheus.GaugeVec     // server
 	StallOutcomes       *prometheus.CounterVec   // server, client, outcome
 	StallReleases       *prometheus.CounterVec   // server, cause
 	IdleCloseRaces      *prometheus.CounterVec   // server, client, kind
 	ReuseIdleAge        *prometheus.HistogramVec // server, client
 	TLSAlerts           *prometheus.CounterVec   // server, direction
-	Connections         *prometheus.GaugeVec     // server, client, state
 	ConnectionCloses    *prometheus.CounterVec   // server, client, initiator, how
 	Retransmits         *prometheus.CounterVec   // server
 	MeasurementSkew     *prometheus.HistogramVec // target
-	PoolAboveLimit      *prometheus.GaugeVec     // server
-	ServerMaxConns      *prometheus.GaugeVec     // target
-	ServerIdleTimeout   *prometheus.GaugeVec     // target
 	ProbeSuccess        *prometheus.GaugeVec     // target
 	ProbePhase          *prometheus.HistogramVec // target, conn, phase
 	ProbeFailures       *prometheus.CounterVec   // target, reason
@@ -45,7 +41,6 @@ type Metrics struct {
 	Events              *prometheus.CounterVec   // source
 	EventsLost          *prometheus.CounterVec   // source
 	Source              *prometheus.GaugeVec     // source: 1 for the one in use
-	FlowsTracked        prometheus.Gauge
 	FlowEvictions       prometheus.Counter
 	KernelFlowEvictions prometheus.Counter   // estimated from the kernel's counters
 	HookAttached        *prometheus.GaugeVec // hook
@@ -53,6 +48,45 @@ type Metrics struct {
 }
 
 func name(n string) string { return prometheus.BuildFQName(namespace, "", n) }
+
+// StateDescs describe the gauges of the correlator's state. A collector
+// computes them from that state when /metrics is scraped, so they cannot
+// drift from it, and the series of connections that are gone are gone.
+type StateDescs struct {
+	Stalled            *prometheus.Desc // server, client, state
+	OldestOpenExchange *prometheus.Desc // server
+	Connections        *prometheus.Desc // server, client, state
+	PoolAboveLimit     *prometheus.Desc // server
+	ServerMaxConns     *prometheus.Desc // target
+	ServerIdleTimeout  *prometheus.Desc // target
+	FlowsTracked       *prometheus.Desc
+}
+
+// All lists the descriptions.
+func (d StateDescs) All() []*prometheus.Desc {
+	return []*prometheus.Desc{d.Stalled, d.OldestOpenExchange, d.Connections, d.PoolAboveLimit,
+		d.ServerMaxConns, d.ServerIdleTimeout, d.FlowsTracked}
+}
+
+// NewStateDescs returns the descriptions of the state gauges.
+func NewStateDescs() StateDescs {
+	return StateDescs{
+		Stalled: prometheus.NewDesc(name("stalled_exchanges"), "Exchanges stalled now.",
+			[]string{"server", "client", "state"}, nil),
+		OldestOpenExchange: prometheus.NewDesc(name("oldest_open_exchange_seconds"),
+			"Age of the oldest open exchange to the server (0 when none is open).", []string{"server"}, nil),
+		Connections: prometheus.NewDesc(name("connections"), "Tracked connections by TCP state.",
+			[]string{"server", "client", "state"}, nil),
+		PoolAboveLimit: prometheus.NewDesc(name("pool_above_server_limit"),
+			"Connections this host holds to the server beyond its advertised Max-Connections (0 when within).",
+			[]string{"server"}, nil),
+		ServerMaxConns: prometheus.NewDesc(name("server_max_connections"),
+			"Max-Connections the server advertises in OPTIONS.", []string{"target"}, nil),
+		ServerIdleTimeout: prometheus.NewDesc(name("server_idle_timeout_seconds"),
+			"The server's idle timeout, as the canary observed it.", []string{"target"}, nil),
+		FlowsTracked: prometheus.NewDesc(name("flows_tracked"), "Flows the correlator tracks.", nil, nil),
+	}
+}
 
 // NewMetrics creates the metrics and registers them with reg (nil: none).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -63,10 +97,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Stalls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("stalls_total"),
 			Help: "Exchanges that stayed open longer than the stall threshold, counted once, by where they were stuck."},
 			[]string{"server", "client", "state"}),
-		Stalled: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("stalled_exchanges"),
-			Help: "Exchanges stalled now."}, []string{"server", "client", "state"}),
-		OldestOpenExchange: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("oldest_open_exchange_seconds"),
-			Help: "Age of the oldest open exchange to the server (0 when none is open)."}, []string{"server"}),
 		StallOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("stall_outcomes_total"),
 			Help: "How stalled exchanges ended."}, []string{"server", "client", "outcome"}),
 		StallReleases: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("stall_releases_total"),
@@ -79,8 +109,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			[]string{"server", "client"}),
 		TLSAlerts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("tls_alerts_total"),
 			Help: "TLS alerts (and probable TLS 1.3 close_notify) by sender: client or server."}, []string{"server", "direction"}),
-		Connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("connections"),
-			Help: "Tracked connections by TCP state."}, []string{"server", "client", "state"}),
 		ConnectionCloses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("connection_closes_total"),
 			Help: "Connection closes by the side that closed first and how (fin or rst)."},
 			[]string{"server", "client", "initiator", "how"}),
@@ -89,13 +117,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		MeasurementSkew: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("measurement_skew_seconds"),
 			Help:    "The canary's own gap minus the kernel's gap for the same exchange.",
 			Buckets: []float64{-.01, -.001, -.0001, 0, .0001, .0005, .001, .0025, .005, .01, .1}}, []string{"target"}),
-		PoolAboveLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("pool_above_server_limit"),
-			Help: "Connections this host holds to the server beyond its advertised Max-Connections (0 when within)."},
-			[]string{"server"}),
-		ServerMaxConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("server_max_connections"),
-			Help: "Max-Connections the server advertises in OPTIONS."}, []string{"target"}),
-		ServerIdleTimeout: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("server_idle_timeout_seconds"),
-			Help: "The server's idle timeout, as the canary observed it."}, []string{"target"}),
 		ProbeSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("probe_success"),
 			Help: "1 when the canary's last OPTIONS to the target was answered."}, []string{"target"}),
 		ProbePhase: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("probe_phase_seconds"),
@@ -114,8 +135,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Source: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("source"),
 			Help: "1 for the source of wire observations in use: bpf, or sockdiag where BPF is not allowed."},
 			[]string{"source"}),
-		FlowsTracked: prometheus.NewGauge(prometheus.GaugeOpts{Name: name("flows_tracked"),
-			Help: "Flows the correlator tracks."}),
 		FlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("flow_evictions_total"),
 			Help: "Flows dropped to stay within max-flows."}),
 		KernelFlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("kernel_flow_evictions_total"),
@@ -127,11 +146,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.BuildInfo.WithLabelValues(version.Version, runtime.Version()).Set(1)
 	if reg != nil {
-		reg.MustRegister(m.ExchangeDuration, m.Stalls, m.Stalled, m.OldestOpenExchange, m.StallOutcomes,
-			m.StallReleases, m.IdleCloseRaces, m.ReuseIdleAge, m.TLSAlerts, m.Connections,
-			m.ConnectionCloses, m.Retransmits, m.MeasurementSkew, m.PoolAboveLimit, m.ServerMaxConns,
-			m.ServerIdleTimeout, m.ProbeSuccess, m.ProbePhase, m.ProbeFailures, m.PoolConnections,
-			m.PoolExhausted, m.Events, m.EventsLost, m.Source, m.FlowsTracked, m.FlowEvictions,
+		reg.MustRegister(m.ExchangeDuration, m.Stalls, m.StallOutcomes,
+			m.StallReleases, m.IdleCloseRaces, m.ReuseIdleAge, m.TLSAlerts,
+			m.ConnectionCloses, m.Retransmits, m.MeasurementSkew,
+			m.ProbeSuccess, m.ProbePhase, m.ProbeFailures, m.PoolConnections,
+			m.PoolExhausted, m.Events, m.EventsLost, m.Source, m.FlowEvictions,
 			m.KernelFlowEvictions, m.HookAttached, m.BuildInfo)
 	}
 	return m

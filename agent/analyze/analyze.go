@@ -1,15 +1,19 @@
+// Package analyze is `icapwatch analyze`: the agent's diagnosis from a
+// capture file. Packets go through agent/wire (the kernel classifier's
+// rules in Go) into the same correlator as the live agent, driven by the
+// capture's clock through the same Advance, so a capture and a live run
+// give the same events. It reads files only; it needs no privileges and
+// imports correlate, wire and observe, never the daemon.
 package analyze
 
 import (
 	"errors"
-	"github.com/icapwatch/icapwatch/agent/correlate"
 	"io"
 	"net/netip"
 	"time"
 
-	"github.com/icapwatch/icapwatch/agent/observe"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/agent/wire"
-	"github.com/icapwatch/icapwatch/exporter"
 )
 
 // Config is `icapwatch analyze`'s setting.
@@ -136,6 +140,8 @@ type Analysis struct {
 	Wire        wire.Stats
 	First, Last time.Time
 	Events      []correlate.Event
+	// Tally sums up the events and gaps per server.
+	Tally correlate.Tally
 	// Gaps are the answered exchanges' gaps by server and phase, in the
 	// order of their answers: eight bytes an exchange, so that a capture
 	// of millions of exchanges stays cheap to hold.
@@ -164,27 +170,25 @@ func Run(r io.Reader, cfg Config) (Analysis, error) {
 	}
 	a.Format = capture.Format
 	keep := func(server string) bool { return !cfg.Server.IsValid() || server == cfg.Server.String() }
-	corr, err := correlate.New(cfg.Correlator, exporter.NewMetrics(nil), func(e correlate.Event) {
+	corr, err := correlate.New(cfg.Correlator, nil, func(e correlate.Event) {
 		if !keep(e.Server) {
 			return
 		}
 		a.Events = append(a.Events, e)
-		if client, err := netip.ParseAddrPort(e.ClientAddr); err == nil {
-			if t := a.Timelines[ConnKey{e.Server, client}]; t != nil {
-				t.event()
-			}
+		a.Tally.Event(e)
+		if t := a.Timelines[ConnKey{e.Server, e.ClientAddr}]; t != nil {
+			t.event()
 		}
 	})
 	if err != nil {
 		return a, err
 	}
 	slow := cfg.Correlator.StallThreshold / timelineSlow
-	var open openExchanges
 	corr.OnGap = func(g correlate.Gap) {
-		open.end(g.Client, g.At.Add(-g.Gap))
 		if !keep(g.Server) {
 			return
 		}
+		a.Tally.Gap(g)
 		k := GapKey{g.Server, g.Phase}
 		a.Gaps[k] = append(a.Gaps[k], g.Gap)
 		ck := ConnKey{g.Server, g.Client}
@@ -200,14 +204,7 @@ func Run(r io.Reader, cfg Config) (Analysis, error) {
 		t.add(Exchange{Start: g.At.Add(-g.Gap), Phase: g.Phase, Gap: g.Gap, MaxGap: g.Gap, Count: 1}, g.Gap >= slow)
 	}
 	tracker := wire.NewTracker(cfg.Ports, cfg.Correlator.MaxFlows)
-	feed := func(o observe.Observation) { // one func value, not one per packet
-		if o.Kind == observe.ExchangeStart {
-			open.begin(o.Flow.Client, o.Time)
-		}
-		corr.Observe(o)
-	}
-	threshold := cfg.Correlator.StallThreshold
-	var nextSweep, swept time.Time
+	feed := corr.Observe // one func value, not one per packet
 	for n := uint64(1); ; n++ {
 		p, err := capture.Next()
 		if err != nil {
@@ -222,32 +219,10 @@ func Run(r io.Reader, cfg Config) (Analysis, error) {
 		if p.Time.After(a.Last) {
 			a.Last = p.Time
 		}
-		// The sweep runs on the capture's clock, once a second of it, also
-		// through quiet stretches, and at the moment an open exchange
-		// crosses the stall threshold, as the agent's timer does: a stall
-		// is found when it crosses, not at the next packet or second.
-		// After a day of quiet the periodic sweep jumps.
-		if nextSweep.IsZero() {
-			nextSweep = p.Time.Add(time.Second)
-		}
-		if p.Time.Sub(nextSweep) > 24*time.Hour {
-			nextSweep = p.Time
-		}
-		for {
-			at := nextSweep
-			if due := stallDue(corr.NextStall(), &open, threshold); !due.IsZero() && due.Before(at) && due.After(swept) {
-				at = due
-			}
-			if p.Time.Before(at) {
-				break
-			}
-			corr.Sweep(at)
-			swept = at
-			open.expire(at.Add(-threshold))
-			if at.Equal(nextSweep) {
-				nextSweep = nextSweep.Add(time.Second)
-			}
-		}
+		// The sweeps run on the capture's clock, as the agent's run on its
+		// own: once a second of it, and when an exchange crosses the stall
+		// threshold.
+		corr.Advance(p.Time)
 		tracker.Packet(p, feed)
 		if cfg.Progress != nil && cfg.Every > 0 && n%cfg.Every == 0 {
 			cfg.Progress(n, capture.Stats().Bytes)
@@ -277,126 +252,4 @@ func Run(r io.Reader, cfg Config) (Analysis, error) {
 		return a, &wire.LinkTypeError{Links: other}
 	}
 	return a, nil
-}
-
-// stallDue is when the next sweep may find a stall. The correlator's
-// NextStall is exact after a sweep, but an exchange answered since keeps
-// it: sweeping then, for every such exchange, would walk all flows
-// hundreds of times a capture second. open, which sees exchanges end,
-// gives another bound: both are never later than the true time, the later
-// of the two is the better one. Zero when nothing is due.
-func stallDue(next time.Time, open *openExchanges, threshold time.Duration) time.Time {
-	start, ok := open.earliest()
-	if next.IsZero() || !ok {
-		return time.Time{} // the correlator or open knows nothing is open
-	}
-	return later(next, start.Add(threshold))
-}
-
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
-}
-
-// openExchanges is the correlator's open exchanges as Analyze sees them:
-// started by an ExchangeStart, ended by the correlator's OnGap. It keeps
-// some the correlator ended otherwise (reset, closed) until they are due,
-// which costs a needless sweep, never a late one. A min-heap on the start,
-// one entry per client address: a flow's next exchange replaces its last.
-// (OnGap names the server by its label, which may be "other". A client
-// port open to two servers at once can hide the first one's exchange:
-// its stall then waits for the periodic sweep, as before.)
-type openExchanges struct {
-	heap  []openStart
-	index map[netip.AddrPort]int // position in heap
-}
-
-type openStart struct {
-	client netip.AddrPort
-	start  time.Time
-}
-
-func (o *openExchanges) begin(client netip.AddrPort, start time.Time) {
-	if o.index == nil {
-		o.index = map[netip.AddrPort]int{}
-	}
-	if i, ok := o.index[client]; ok {
-		o.heap[i].start = start
-		o.down(o.up(i))
-		return
-	}
-	o.heap = append(o.heap, openStart{client, start})
-	o.index[client] = len(o.heap) - 1
-	o.up(len(o.heap) - 1)
-}
-
-// end forgets the client's exchange if it is the one that started then.
-func (o *openExchanges) end(client netip.AddrPort, start time.Time) {
-	if i, ok := o.index[client]; ok && o.heap[i].start.Equal(start) {
-		o.remove(i)
-	}
-}
-
-func (o *openExchanges) earliest() (time.Time, bool) {
-	if len(o.heap) == 0 {
-		return time.Time{}, false
-	}
-	return o.heap[0].start, true
-}
-
-// expire forgets the exchanges started by then: a sweep has seen them
-// cross the threshold, stalled or not.
-func (o *openExchanges) expire(by time.Time) {
-	for len(o.heap) > 0 && !o.heap[0].start.After(by) {
-		o.remove(0)
-	}
-}
-
-func (o *openExchanges) remove(i int) {
-	last := len(o.heap) - 1
-	delete(o.index, o.heap[i].client)
-	if i != last {
-		o.heap[i] = o.heap[last]
-		o.index[o.heap[i].client] = i
-	}
-	o.heap = o.heap[:last]
-	if i != last {
-		o.down(o.up(i))
-	}
-}
-
-func (o *openExchanges) swap(i, j int) {
-	o.heap[i], o.heap[j] = o.heap[j], o.heap[i]
-	o.index[o.heap[i].client], o.index[o.heap[j].client] = i, j
-}
-
-func (o *openExchanges) up(i int) int {
-	for i > 0 {
-		parent := (i - 1) / 2
-		if !o.heap[i].start.Before(o.heap[parent].start) {
-			break
-		}
-		o.swap(i, parent)
-		i = parent
-	}
-	return i
-}
-
-func (o *openExchanges) down(i int) {
-	for {
-		least := i
-		if c := 2*i + 1; c < len(o.heap) && o.heap[c].start.Before(o.heap[least].start) {
-			least = c
-		}
-		if c := 2*i + 2; c < len(o.heap) && o.heap[c].start.Before(o.heap[least].start) {
-			least = c
-		}
-		if least == i {
-			return
-		}
-		o.swap(i, least)
-		i = least
-	}
 }

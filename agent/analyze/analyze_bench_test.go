@@ -2,10 +2,10 @@ package analyze
 
 import (
 	"bytes"
-	"github.com/icapwatch/icapwatch/agent/correlate"
 	"net/netip"
 	"testing"
 
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/internal/synth"
 )
 

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"github.com/icapwatch/icapwatch/agent/correlate"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,6 +16,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/agent/wire"
 )
 
@@ -48,12 +47,12 @@ func analyzeFile(t *testing.T, name string, mod func(*Config)) Analysis {
 func eventKinds(evs []correlate.Event) map[string]int {
 	m := map[string]int{}
 	for _, e := range evs {
-		k := e.Kind
-		if v, ok := e.Fields["race_kind"]; ok {
-			k += ":" + v.(string)
-		}
-		if v, ok := e.Fields["state"]; ok && e.Kind == correlate.KindStall {
-			k += ":" + v.(string)
+		k := string(e.Kind())
+		switch d := e.Detail.(type) {
+		case *correlate.Race:
+			k += ":" + d.RaceKind
+		case *correlate.Stall:
+			k += ":" + d.State
 		}
 		m[k]++
 	}
@@ -65,7 +64,7 @@ func TestAnalyzeSeed(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			a := analyzeFile(t, name, nil)
 			k := eventKinds(a.Events)
-			if k["stall:acked_silent"] != 1 || k[correlate.KindRelease] != 1 || k[correlate.KindStallEnd] != 1 {
+			if k["stall:acked_silent"] != 1 || k[string(correlate.KindRelease)] != 1 || k[string(correlate.KindStallEnd)] != 1 {
 				t.Errorf("want one acked_silent stall, its end and its release; got %v", k)
 			}
 			// 5 OPTIONS and the handshakes of 3 connections.
@@ -82,7 +81,7 @@ func TestAnalyzeSeed(t *testing.T) {
 				t.Errorf("gaps: %d requests, %d handshakes; want 5 and at least 3", req, hs)
 			}
 			for _, e := range a.Events {
-				if e.Kind == correlate.KindStall && e.Fields["phase"] != "handshake" {
+				if e.Kind() == correlate.KindStall && e.Field("phase") != "handshake" {
 					t.Errorf("the seed's stall is in the handshake: %+v", e)
 				}
 			}
@@ -98,7 +97,7 @@ func TestAnalyzeRaceTLS12(t *testing.T) {
 	}
 	var v12 bool
 	for _, e := range a.Events {
-		if e.Kind == correlate.KindTLSAlert && e.Fields["direction"] == "server" && e.Fields["tls_version"] == "1.2" {
+		if e.Kind() == correlate.KindTLSAlert && e.Field("direction") == "server" && e.Field("tls_version") == "1.2" {
 			v12 = true
 		}
 	}
@@ -254,11 +253,11 @@ func TestAnalyzeStallAtThreshold(t *testing.T) {
 			a := analyzeFile(t, name, func(c *Config) { c.Correlator.StallThreshold = threshold })
 			var stalls int
 			for _, e := range a.Events {
-				if e.Kind != correlate.KindStall {
+				if e.Kind() != correlate.KindStall {
 					continue
 				}
 				stalls++
-				age := time.Duration(e.Fields["age_seconds"].(float64) * float64(time.Second))
+				age := time.Duration(e.Field("age_seconds").(float64) * float64(time.Second))
 				if (age - threshold).Abs() > time.Millisecond {
 					t.Errorf("%s, threshold %s: stall found at age %s", name, threshold, age)
 				}
@@ -432,48 +431,4 @@ func clientPayload(b []byte) bool {
 	}
 	tcpLen := int(ip[ihl+12]>>4) * 4
 	return int(binary.BigEndian.Uint16(ip[2:])) > ihl+tcpLen
-}
-
-// openExchanges against a plain map: the earliest start is the smallest
-// of the open ones, whatever the order of starts, ends and expiries.
-func TestOpenExchangesHeap(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	var o openExchanges
-	model := map[netip.AddrPort]time.Time{}
-	base := time.Date(2026, 11, 23, 7, 0, 0, 0, time.UTC)
-	for step := range 20000 {
-		client := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.10"), uint16(rng.IntN(64)))
-		at := base.Add(time.Duration(rng.IntN(100000)) * time.Millisecond)
-		switch rng.IntN(10) {
-		case 0, 1, 2, 3, 4:
-			o.begin(client, at)
-			model[client] = at
-		case 5, 6, 7:
-			start, ok := model[client]
-			if !ok || rng.IntN(4) == 0 {
-				start = at // an answer to another exchange: no change
-			}
-			o.end(client, start)
-			if model[client].Equal(start) {
-				delete(model, client)
-			}
-		case 8:
-			o.expire(at)
-			for c, s := range model {
-				if !s.After(at) {
-					delete(model, c)
-				}
-			}
-		}
-		var want time.Time
-		for _, s := range model {
-			if want.IsZero() || s.Before(want) {
-				want = s
-			}
-		}
-		got, ok := o.earliest()
-		if ok != (len(model) > 0) || !got.Equal(want) || len(o.heap) != len(model) || len(o.index) != len(model) {
-			t.Fatalf("step %d: earliest %v %v, want %v; %d in heap, %d open", step, got, ok, want, len(o.heap), len(model))
-		}
-	}
 }

@@ -1,9 +1,13 @@
-// Package agent turns observations from any source into icapwatch's
+// Package correlate turns observations from any source into icapwatch's
 // diagnosis: exchanges and their gaps, stalls with where they are stuck
 // and how they end, idle-close races, releases, TLS alerts and closes.
-// The correlator is pure Go: it keeps no clock of its own (observations
-// carry their time, Sweep is given "now"), so recorded and synthetic
-// streams replay exactly.
+//
+// It is pure Go and does no I/O: it keeps no clock of its own
+// (observations carry their time, Advance and Sweep are given "now"), so
+// recorded and synthetic streams replay exactly, and it needs no
+// Prometheus: measurements go to a Meter, state is read by State, and
+// events are typed values. It imports only agent/observe and the standard
+// library; the live agent and the offline analysis both drive it.
 package correlate
 
 import (
@@ -13,8 +17,6 @@ import (
 	"time"
 
 	"github.com/icapwatch/icapwatch/agent/observe"
-	"github.com/icapwatch/icapwatch/exporter"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Stall states, race kinds, outcomes: the contract's label values.
@@ -52,6 +54,13 @@ type Config struct {
 	TicketWait time.Duration
 	MaxFlows   int
 	MaxServers int
+	// SweepInterval is how often Advance sweeps on the source's clock.
+	SweepInterval time.Duration
+	// MaxCatchUp: when Advance is given a time further than this past its
+	// last sweep, the periodic sweeps in between are skipped (a capture's
+	// day of quiet, a host's suspend); due stalls are still found at their
+	// time.
+	MaxCatchUp time.Duration
 }
 
 // DefaultConfig returns DESIGN.md's defaults.
@@ -64,6 +73,8 @@ func DefaultConfig() Config {
 		TicketWait:        time.Second,
 		MaxFlows:          100000,
 		MaxServers:        64,
+		SweepInterval:     time.Second,
+		MaxCatchUp:        24 * time.Hour,
 	}
 }
 
@@ -80,6 +91,9 @@ func (c Config) Validate() error {
 	}
 	if c.TicketWait <= 0 {
 		return errors.New("ticket wait must be positive")
+	}
+	if c.SweepInterval <= 0 || c.MaxCatchUp <= 0 {
+		return errors.New("sweep interval and catch-up must be positive")
 	}
 	if c.MaxFlows < 1 {
 		return fmt.Errorf("--max-flows: must be at least 1, got %d", c.MaxFlows)
@@ -119,7 +133,7 @@ type server struct {
 	lateTickets bool // sends TLS 1.3 tickets after the client's Finished
 	maxConns    int
 	idleTimeout time.Duration
-	aboveLimit  bool
+	aboveLimit  bool // said once each time it happens
 }
 
 type exchange struct {
@@ -133,6 +147,8 @@ type exchange struct {
 	raced       bool
 	retransmits uint32 // request segments sent again while it is open
 	state       string
+	flow        *flow
+	due         int // position in the correlator's stall heap, plus one; 0: not in it
 }
 
 type flow struct {
@@ -156,17 +172,15 @@ type flow struct {
 	answeredAt    time.Time
 	readAt        time.Time // the application last read (or was seen to have nothing to read)
 	unreadSince   time.Time
-	unread        *exchange              // an unread stall, while it lasts
-	unacked       uint32                 // request bytes the server has not ACKed, as sock_diag last read
-	canaryAt      time.Time              // the canary's answer, waiting for the kernel's
-	canaryGap     time.Duration          // (zero canaryAt: none)
-	gapObs        [3]prometheus.Observer // ExchangeDuration children by phase, for this flow's labels
-	idleObs       prometheus.Observer
-	// The connections gauge: which end's TCP state is shown and the
-	// labels it was counted under.
-	stateDir   observe.Direction
-	haveState  bool
-	gaugeState string
+	unread        *exchange     // an unread stall, while it lasts
+	unacked       uint32        // request bytes the server has not ACKed, as sock_diag last read
+	canaryAt      time.Time     // the canary's answer, waiting for the kernel's
+	canaryGap     time.Duration // (zero canaryAt: none)
+	meter         FlowMeter     // for this flow's labels
+	// The TCP state shown for the connection: which end's, and the state.
+	stateDir  observe.Direction
+	haveState bool
+	tcpState  observe.TCPState
 	// endedAt: the shown end reached CLOSE. The flow stays a little so
 	// that the other end's last packets do not make it anew.
 	endedAt time.Time
@@ -184,6 +198,35 @@ const (
 	closedIdle  = time.Minute
 )
 
+// Meter takes the measurements that are not events as they happen: the
+// agent's Prometheus histograms and counters. Events carry the rest, and
+// State the gauges.
+type Meter interface {
+	// Flow is the meter of one flow's labels; the flow keeps it until its
+	// client label changes.
+	Flow(server, client string) FlowMeter
+	Observed(observe.Source)
+	Retransmits(server string, n uint32)
+	Skew(server string, d time.Duration) // the canary's gap minus the kernel's
+	FlowEvicted()
+}
+
+// FlowMeter measures one flow's exchanges.
+type FlowMeter interface {
+	Gap(observe.Phase, time.Duration)
+	IdleAge(time.Duration) // a request written after the connection was quiet this long
+}
+
+type noMeter struct{}
+
+func (noMeter) Flow(string, string) FlowMeter    { return noMeter{} }
+func (noMeter) Observed(observe.Source)          {}
+func (noMeter) Retransmits(string, uint32)       {}
+func (noMeter) Skew(string, time.Duration)       {}
+func (noMeter) FlowEvicted()                     {}
+func (noMeter) Gap(observe.Phase, time.Duration) {}
+func (noMeter) IdleAge(time.Duration)            {}
+
 // Gap is one answered exchange.
 type Gap struct {
 	Server, Phase string
@@ -199,7 +242,7 @@ type Correlator struct {
 	OnGap func(Gap)
 
 	cfg     Config
-	m       *exporter.Metrics
+	m       Meter
 	emit    func(Event)
 	flows   map[observe.Flow]*flow
 	servers map[netip.AddrPort]*server
@@ -208,21 +251,27 @@ type Correlator struct {
 	// quiet heads a ring of the flows, least recently observed first: the
 	// flow to evict at max-flows, found without walking the table.
 	quiet flow
-	// nextStall is when the earliest open exchange crosses the threshold.
-	nextStall time.Time
-	// The hot path reuses exchanges and metric children: no allocation
-	// and no label lookup per observation in the steady state.
-	spare  []*exchange
-	events [8]prometheus.Counter // by observe.Source
+	// due is a min-heap of the open exchanges not stalled yet, by start:
+	// the next to cross the stall threshold is due[0].
+	due []*exchange
+	// nextTick is Advance's next periodic sweep (zero before the first call).
+	nextTick time.Time
+	// The hot path reuses exchanges and flow meters: no allocation and no
+	// label lookup per observation in the steady state.
+	spare []*exchange
 }
 
-// New returns a correlator that updates m and hands each event to emit.
-func New(cfg Config, m *exporter.Metrics, emit func(Event)) (*Correlator, error) {
+// New returns a correlator that measures into m (nil: nothing) and hands
+// each event to emit.
+func New(cfg Config, m Meter, emit func(Event)) (*Correlator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if emit == nil {
 		emit = func(Event) {}
+	}
+	if m == nil {
+		m = noMeter{}
 	}
 	c := &Correlator{cfg: cfg, m: m, emit: emit, flows: map[observe.Flow]*flow{},
 		servers: map[netip.AddrPort]*server{}, other: &server{label: ServerOther},
@@ -250,12 +299,13 @@ func (c *Correlator) lookup(key observe.Flow, now time.Time) *flow {
 	}
 	if len(c.flows) >= c.cfg.MaxFlows {
 		c.drop(c.quiet.next, now)
-		c.m.FlowEvictions.Inc()
+		c.m.FlowEvicted()
 	}
 	f := &flow{key: key, srv: c.server(key.Server), client: ClientUnknown, lastSeen: now}
 	if c.canary[key.Client] {
 		f.client = ClientCanary
 	}
+	f.meter = c.m.Flow(f.srv.label, f.client)
 	f.srv.open++
 	c.flows[key] = f
 	c.touch(f)
@@ -285,9 +335,6 @@ func (c *Correlator) drop(f *flow, now time.Time) {
 	if f.closed {
 		c.reportClose(f)
 	}
-	if f.haveState {
-		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
-	}
 	if f.ex != nil {
 		c.finish(f, now, OutcomeEvicted)
 	}
@@ -303,12 +350,7 @@ func (c *Correlator) drop(f *flow, now time.Time) {
 
 // Observe takes one observation.
 func (c *Correlator) Observe(o observe.Observation) {
-	if int(o.Source) < len(c.events) {
-		if c.events[o.Source] == nil {
-			c.events[o.Source] = c.m.Events.WithLabelValues(o.Source.String())
-		}
-		c.events[o.Source].Inc()
-	}
+	c.m.Observed(o.Source)
 	switch o.Kind {
 	case observe.CanaryConn:
 		// The flow is made now, so that the mark leaves with it even when
@@ -319,20 +361,18 @@ func (c *Correlator) Observe(o observe.Observation) {
 	case observe.ServerOptions:
 		s := c.server(o.Flow.Server)
 		s.maxConns = o.MaxConnections
-		c.m.ServerMaxConns.WithLabelValues(s.label).Set(float64(o.MaxConnections))
 		c.checkPool(s, o)
 		return
 	case observe.ServerIdle:
 		s := c.server(o.Flow.Server)
 		s.idleTimeout = o.IdleTimeout
-		c.m.ServerIdleTimeout.WithLabelValues(s.label).Set(o.IdleTimeout.Seconds())
 		return
 	case observe.CanaryAnswer:
 		// The canary and the kernel report the same answer in either order;
 		// the canary's often comes first, before the kernel has shown the flow.
 		f := c.lookup(o.Flow, o.Time)
 		if f.lastGap > 0 && (o.Time.Sub(f.answeredAt)).Abs() <= canaryMatch {
-			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((o.Gap - f.lastGap).Seconds())
+			c.m.Skew(f.srv.label, o.Gap-f.lastGap)
 		} else {
 			f.canaryAt, f.canaryGap = o.Time, o.Gap
 		}
@@ -357,7 +397,7 @@ func (c *Correlator) Observe(o observe.Observation) {
 		c.close(f, o)
 	case observe.Retransmit:
 		n := max(o.Retrans, 1)
-		c.m.Retransmits.WithLabelValues(f.srv.label).Add(float64(n))
+		c.m.Retransmits(f.srv.label, n)
 		if f.ex != nil && o.Dir == observe.ToServer {
 			f.ex.retransmits += n
 		}
@@ -400,23 +440,18 @@ func (c *Correlator) start(f *flow, o observe.Observation) {
 	}
 	c.read(f, o.Time)
 	ex := c.newExchange()
-	ex.start, ex.phase = o.Time, o.Phase
+	ex.start, ex.phase, ex.flow = o.Time, o.Phase, f
 	prev := o.Ref
 	if prev.IsZero() {
 		prev = f.lastData
 	}
 	if !prev.IsZero() {
 		ex.idleAge, ex.reused = o.Time.Sub(prev), true
-		if f.idleObs == nil {
-			f.idleObs = c.m.ReuseIdleAge.WithLabelValues(f.srv.label, f.client)
-		}
-		f.idleObs.Observe(ex.idleAge.Seconds())
+		f.meter.IdleAge(ex.idleAge)
 	}
 	f.lastData = o.Time
 	f.ex = ex
-	if at := o.Time.Add(c.cfg.StallThreshold); c.nextStall.IsZero() || at.Before(c.nextStall) {
-		c.nextStall = at
-	}
+	c.pushDue(ex)
 	if f.serverFIN {
 		c.race(f, ex, RaceReuseAfterClose, o.Time, f.serverCloseAt.Sub(o.Time))
 	}
@@ -450,21 +485,17 @@ func (c *Correlator) answer(f *flow, o observe.Observation) {
 func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
 	ex := f.ex
 	f.ex = nil
+	c.removeDue(ex)
 	defer c.recycle(ex)
 	if outcome == OutcomeAnswered {
 		gap := at.Sub(ex.start)
 		f.lastGap, f.answeredAt = gap, at
-		if int(ex.phase) < len(f.gapObs) {
-			if f.gapObs[ex.phase] == nil {
-				f.gapObs[ex.phase] = c.m.ExchangeDuration.WithLabelValues(f.srv.label, f.client, ex.phase.String())
-			}
-			f.gapObs[ex.phase].Observe(gap.Seconds())
-		}
+		f.meter.Gap(ex.phase, gap)
 		if c.OnGap != nil {
 			c.OnGap(Gap{Server: f.srv.label, Client: f.key.Client, Phase: ex.phase.String(), Gap: gap, At: at})
 		}
 		if !f.canaryAt.IsZero() && f.canaryAt.Sub(at).Abs() <= canaryMatch {
-			c.m.MeasurementSkew.WithLabelValues(f.srv.label).Observe((f.canaryGap - gap).Seconds())
+			c.m.Skew(f.srv.label, f.canaryGap-gap)
 		}
 		f.canaryAt = time.Time{}
 	}
@@ -496,25 +527,13 @@ func (c *Correlator) releases(r closeRecord, a *answerRecord) bool {
 		return false
 	}
 	a.released = true
-	f := a.flow
-	c.m.StallReleases.WithLabelValues(f.srv.label, ReleaseCause).Inc()
-	c.event(f, a.at, KindRelease, map[string]any{
-		"phase":               a.phase.String(),
-		"sibling_client_addr": r.client.String(),
-		"sibling_closed_by":   r.by,
-		"after_close_seconds": seconds(a.at.Sub(r.at)),
-		"stalled_seconds":     seconds(a.at.Sub(a.start)),
-	})
+	c.event(a.flow, a.at, &Release{Phase: a.phase, Sibling: r.client, SiblingClosedBy: r.by,
+		AfterClose: a.at.Sub(r.at), Stalled: a.at.Sub(a.start)})
 	return true
 }
 
 func (c *Correlator) endStall(f *flow, ex *exchange, at time.Time, outcome string) {
-	c.m.Stalled.WithLabelValues(f.srv.label, f.client, ex.state).Dec()
-	c.m.StallOutcomes.WithLabelValues(f.srv.label, f.client, outcome).Inc()
-	c.event(f, at, KindStallEnd, map[string]any{
-		"state": ex.state, "phase": ex.phase.String(), "outcome": outcome,
-		"duration_seconds": seconds(at.Sub(ex.start)),
-	})
+	c.event(f, at, &StallEnd{State: ex.state, Phase: ex.phase, Outcome: outcome, Duration: at.Sub(ex.start)})
 	if f.unread == ex {
 		f.unread = nil
 	}
@@ -533,8 +552,7 @@ func (c *Correlator) alert(f *flow, o observe.Observation) {
 	if o.Flags&observe.Probable != 0 {
 		version = "1.3?"
 	}
-	c.m.TLSAlerts.WithLabelValues(f.srv.label, dir).Inc()
-	c.event(f, o.Time, KindTLSAlert, map[string]any{"direction": dir, "tls_version": version})
+	c.event(f, o.Time, &TLSAlert{Direction: dir, TLSVersion: version})
 }
 
 // settle takes an answer held as a possible ticket as the answer: nothing
@@ -641,8 +659,7 @@ func (c *Correlator) reportClose(f *flow) {
 	if at.IsZero() || !f.closeAt[1].IsZero() && f.closeAt[1].Before(at) {
 		side, at = "server", f.closeAt[1]
 	}
-	c.m.ConnectionCloses.WithLabelValues(f.srv.label, f.client, side, f.closeHow).Inc()
-	c.event(f, at, KindClose, map[string]any{"initiator": side, "how": f.closeHow, "open_exchange": f.closeOpen})
+	c.event(f, at, &Close{Initiator: side, How: f.closeHow, OpenExchange: f.closeOpen})
 }
 
 // idleClose: the server closed when the connection, counted from its
@@ -663,12 +680,7 @@ func (c *Correlator) idleClose(f *flow, ex *exchange) bool {
 
 func (c *Correlator) race(f *flow, ex *exchange, kind string, at time.Time, requestToClose time.Duration) {
 	ex.raced = true // one race per exchange
-	c.m.IdleCloseRaces.WithLabelValues(f.srv.label, f.client, kind).Inc()
-	c.event(f, at, KindRace, map[string]any{
-		"race_kind":                kind,
-		"idle_age_seconds":         seconds(ex.idleAge),
-		"request_to_close_seconds": seconds(requestToClose),
-	})
+	c.event(f, at, &Race{RaceKind: kind, IdleAge: ex.idleAge, RequestToClose: requestToClose})
 }
 
 // state follows the TCP state of one end of the flow: the client's where
@@ -689,11 +701,7 @@ func (c *Correlator) state(f *flow, o observe.Observation) {
 	if f.haveState && o.Dir != f.stateDir && f.stateDir == observe.ToServer {
 		return // the server end's state, while the client end's is shown
 	}
-	name := tcpStateName(o.NewState)
-	if f.haveState {
-		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
-	}
-	f.haveState, f.stateDir, f.gaugeState = true, o.Dir, name
+	f.haveState, f.stateDir, f.tcpState = true, o.Dir, o.NewState
 	if o.NewState == observe.TCPCloseWait && !f.serverFIN {
 		f.serverFIN = true
 		if f.serverCloseAt.IsZero() {
@@ -718,7 +726,6 @@ func (c *Correlator) state(f *flow, o observe.Observation) {
 		}
 		return
 	}
-	c.m.Connections.WithLabelValues(f.srv.label, f.client, name).Inc()
 	if o.NewState == observe.TCPEstablished {
 		c.checkPool(f.srv, o)
 	}
@@ -741,53 +748,35 @@ func (c *Correlator) recycle(ex *exchange) {
 	}
 }
 
-// relabel moves the flow's gauges to a new client label.
+// relabel gives the flow a new client label, and its meter.
 func (c *Correlator) relabel(f *flow, client string) {
 	if f.client == client {
 		return
 	}
-	f.gapObs, f.idleObs = [3]prometheus.Observer{}, nil
-	if f.haveState {
-		c.m.Connections.WithLabelValues(f.srv.label, f.client, f.gaugeState).Dec()
-		c.m.Connections.WithLabelValues(f.srv.label, client, f.gaugeState).Inc()
-	}
-	for _, ex := range [...]*exchange{f.ex, f.unread} {
-		if ex != nil && ex.stalled {
-			c.m.Stalled.WithLabelValues(f.srv.label, f.client, ex.state).Dec()
-			c.m.Stalled.WithLabelValues(f.srv.label, client, ex.state).Inc()
-		}
-	}
 	f.client = client
+	f.meter = c.m.Flow(f.srv.label, client)
 }
 
-// poolGauge sets how many connections this host holds to a server above
-// the Max-Connections it advertises; it says whether they are above.
-func (c *Correlator) poolGauge(s *server) bool {
-	if s.maxConns <= 0 && !s.aboveLimit {
-		return false // no limit known, none was passed
+// overLimit says how many connections this host holds to a server beyond
+// the Max-Connections it advertises (0 when none is known).
+func (s *server) overLimit() int {
+	if s.maxConns <= 0 {
+		return 0
 	}
-	over := 0
-	if s.maxConns > 0 {
-		over = max(s.open-s.maxConns, 0)
-	}
-	c.m.PoolAboveLimit.WithLabelValues(s.label).Set(float64(over))
-	if over == 0 {
-		s.aboveLimit = false
-	}
-	return over > 0
+	return max(s.open-s.maxConns, 0)
 }
 
 // checkPool tells, once each time it happens, that this host holds more
 // connections to a server than its Max-Connections.
 func (c *Correlator) checkPool(s *server, o observe.Observation) {
-	if !c.poolGauge(s) || s.aboveLimit {
+	if s.overLimit() == 0 || s.aboveLimit {
 		return
 	}
 	s.aboveLimit = true
-	ev := Event{Time: o.Time, Kind: KindPoolAboveLimit, Server: s.label, Client: ClientUnknown,
-		Fields: map[string]any{"connections": s.open, "max_connections": s.maxConns}}
+	ev := Event{Time: o.Time, Server: s.label, Client: ClientUnknown,
+		Detail: &PoolAboveLimit{Connections: s.open, MaxConnections: s.maxConns}}
 	if f, ok := c.flows[o.Flow]; ok {
-		ev.ClientAddr, ev.Client, ev.PID = f.key.Client.String(), f.client, f.pid
+		ev.ClientAddr, ev.Client, ev.PID = f.key.Client, f.client, f.pid
 	}
 	c.emit(ev)
 }
@@ -806,25 +795,16 @@ func (c *Correlator) endUnread(f *flow, at time.Time, outcome string) {
 	}
 }
 
-func (c *Correlator) event(f *flow, at time.Time, kind string, fields map[string]any) {
-	c.emit(Event{Time: at, Kind: kind, Server: f.srv.label, ClientAddr: f.key.Client.String(),
-		Client: f.client, PID: f.pid, Fields: fields})
+func (c *Correlator) event(f *flow, at time.Time, d Detail) {
+	c.emit(Event{Time: at, Server: f.srv.label, ClientAddr: f.key.Client, Client: f.client, PID: f.pid, Detail: d})
 }
 
-// Sweep finds the exchanges that crossed the stall threshold, settles
-// answers that waited for a possible ticket, and updates the gauges.
-// The agent calls it every second with its clock.
+// Sweep settles answers that waited for a possible ticket, reports
+// closes whose other side stayed silent, finds unread answers, drops
+// flows that are gone or idle, and stalls the exchanges that crossed the
+// stall threshold by now. Advance calls it at the right times; a caller
+// with a clock of its own may call it directly.
 func (c *Correlator) Sweep(now time.Time) {
-	c.nextStall = time.Time{}
-	oldest := map[*server]time.Duration{}
-	for _, s := range c.servers {
-		oldest[s] = 0
-		c.poolGauge(s) // connections closed since the last sweep
-	}
-	if len(c.servers) >= c.cfg.MaxServers { // the overflow label may be in use
-		oldest[c.other] = 0
-		c.poolGauge(c.other)
-	}
 	for _, f := range c.flows {
 		if f.closed && !f.closeReported && now.Sub(firstOf(f.closeAt)) >= c.cfg.RaceWindow {
 			c.reportClose(f)
@@ -835,43 +815,79 @@ func (c *Correlator) Sweep(now time.Time) {
 			c.drop(f, now)
 			continue
 		}
-		if ex := f.ex; ex != nil {
-			if !ex.tentative.IsZero() && now.Sub(ex.tentative) >= c.cfg.TicketWait {
-				c.finish(f, ex.tentative, OutcomeAnswered)
-				f.ticketTaken = true
-				continue
-			}
-			age := now.Sub(ex.start)
-			if age > oldest[f.srv] {
-				oldest[f.srv] = age
-			}
-			if at := ex.start.Add(c.cfg.StallThreshold); !ex.stalled && age < c.cfg.StallThreshold &&
-				(c.nextStall.IsZero() || at.Before(c.nextStall)) {
-				c.nextStall = at
-			}
-			if !ex.stalled && age >= c.cfg.StallThreshold {
-				// sock_diag, where it runs, has the last word on the ACK.
-				state := StateUnacked
-				if !ex.ackedAt.IsZero() && f.unacked == 0 {
-					state = StateAckedSilent
-				}
-				c.stall(f, ex, now, state)
-			}
+		if ex := f.ex; ex != nil && !ex.tentative.IsZero() && now.Sub(ex.tentative) >= c.cfg.TicketWait {
+			c.finish(f, ex.tentative, OutcomeAnswered)
+			f.ticketTaken = true
 		}
 		if !f.unreadSince.IsZero() && f.unread == nil && now.Sub(f.unreadSince) >= c.cfg.StallThreshold {
-			f.unread = &exchange{start: f.unreadSince, ackedAt: f.unreadSince, phase: observe.PhaseRequest}
-			c.stall(f, f.unread, now, StateUnread)
+			f.unread = &exchange{start: f.unreadSince, ackedAt: f.unreadSince, phase: observe.PhaseRequest, flow: f}
+			c.stall(f.unread, now, StateUnread)
 		}
 	}
-	for s, age := range oldest {
-		c.m.OldestOpenExchange.WithLabelValues(s.label).Set(age.Seconds())
+	for stall := c.threshold(now); len(c.due) > 0 && !c.due[0].start.After(stall); {
+		ex := c.popDue()
+		// sock_diag, where it runs, has the last word on the ACK.
+		state := StateUnacked
+		if !ex.ackedAt.IsZero() && ex.flow.unacked == 0 {
+			state = StateAckedSilent
+		}
+		c.stall(ex, now, state)
 	}
-	c.m.FlowsTracked.Set(float64(len(c.flows)))
+	for _, s := range c.servers {
+		if s.overLimit() == 0 {
+			s.aboveLimit = false // said again when it happens again
+		}
+	}
+	if c.other.overLimit() == 0 {
+		c.other.aboveLimit = false
+	}
 }
+
+// threshold is the latest start of an exchange that is a stall at now.
+func (c *Correlator) threshold(now time.Time) time.Time { return now.Add(-c.cfg.StallThreshold) }
 
 // NextStall is when the earliest open exchange will cross the stall
 // threshold (zero when none is open): a sweep then finds it at once.
-func (c *Correlator) NextStall() time.Time { return c.nextStall }
+func (c *Correlator) NextStall() time.Time {
+	if len(c.due) == 0 {
+		return time.Time{}
+	}
+	return c.due[0].start.Add(c.cfg.StallThreshold)
+}
+
+// NextSweep is when Advance will sweep next: the next periodic sweep, or
+// the moment an open exchange crosses the stall threshold if that comes
+// first. Zero before the first Advance.
+func (c *Correlator) NextSweep() time.Time {
+	if due := c.NextStall(); !due.IsZero() && (c.nextTick.IsZero() || due.Before(c.nextTick)) {
+		return due
+	}
+	return c.nextTick
+}
+
+// Advance brings the correlator to now on its source's clock: it sweeps
+// every SweepInterval, also through quiet stretches, and at the moment an
+// open exchange crosses the stall threshold, so a stall is found when it
+// crosses, not at the next observation or second. The live agent calls it
+// when NextSweep comes; the offline analysis before each packet.
+func (c *Correlator) Advance(now time.Time) {
+	if c.nextTick.IsZero() {
+		c.nextTick = now.Add(c.cfg.SweepInterval)
+	}
+	if now.Sub(c.nextTick) > c.cfg.MaxCatchUp {
+		c.nextTick = now // a long quiet: the periodic sweeps in between have nothing to do
+	}
+	for {
+		at := c.NextSweep()
+		if now.Before(at) {
+			return
+		}
+		c.Sweep(at)
+		if !at.Before(c.nextTick) {
+			c.nextTick = c.nextTick.Add(c.cfg.SweepInterval)
+		}
+	}
+}
 
 // Flush settles what waits for time to pass: answers held as possible
 // tickets count, and closes are reported. For the end of a capture, where
@@ -885,19 +901,74 @@ func (c *Correlator) Flush() {
 	}
 }
 
-func (c *Correlator) stall(f *flow, ex *exchange, now time.Time, state string) {
+func (c *Correlator) stall(ex *exchange, now time.Time, state string) {
 	ex.stalled, ex.state = true, state
-	c.m.Stalls.WithLabelValues(f.srv.label, f.client, state).Inc()
-	c.m.Stalled.WithLabelValues(f.srv.label, f.client, state).Inc()
-	var acked any // null when unacked
-	if !ex.ackedAt.IsZero() {
-		acked = seconds(ex.ackedAt.Sub(ex.start))
+	c.event(ex.flow, now, &Stall{State: state, Phase: ex.phase, Age: now.Sub(ex.start),
+		AckedAfter: ex.ackedAt.Sub(ex.start), Acked: !ex.ackedAt.IsZero(), IdleAge: ex.idleAge,
+		Retransmits: ex.retransmits})
+}
+
+// The stall heap: open exchanges not stalled yet, earliest start first.
+
+func (c *Correlator) pushDue(ex *exchange) {
+	c.due = append(c.due, ex)
+	ex.due = len(c.due)
+	c.dueUp(len(c.due) - 1)
+}
+
+func (c *Correlator) popDue() *exchange {
+	ex := c.due[0]
+	c.removeDue(ex)
+	return ex
+}
+
+// removeDue takes ex out of the heap, if it is in it.
+func (c *Correlator) removeDue(ex *exchange) {
+	i := ex.due - 1
+	if i < 0 {
+		return
 	}
-	c.event(f, now, KindStall, map[string]any{
-		"state": state, "phase": ex.phase.String(), "age_seconds": seconds(now.Sub(ex.start)),
-		"acked_after_seconds": acked, "idle_age_seconds": seconds(ex.idleAge),
-		"retransmits": ex.retransmits,
-	})
+	last := len(c.due) - 1
+	c.dueSwap(i, last)
+	c.due[last] = nil
+	c.due = c.due[:last]
+	ex.due = 0
+	if i < last {
+		c.dueDown(c.dueUp(i))
+	}
+}
+
+func (c *Correlator) dueSwap(i, j int) {
+	c.due[i], c.due[j] = c.due[j], c.due[i]
+	c.due[i].due, c.due[j].due = i+1, j+1
+}
+
+func (c *Correlator) dueUp(i int) int {
+	for i > 0 {
+		parent := (i - 1) / 2
+		if !c.due[i].start.Before(c.due[parent].start) {
+			break
+		}
+		c.dueSwap(i, parent)
+		i = parent
+	}
+	return i
+}
+
+func (c *Correlator) dueDown(i int) {
+	for {
+		least := i
+		for _, child := range [2]int{2*i + 1, 2*i + 2} {
+			if child < len(c.due) && c.due[child].start.Before(c.due[least].start) {
+				least = child
+			}
+		}
+		if least == i {
+			return
+		}
+		c.dueSwap(i, least)
+		i = least
+	}
 }
 
 // OpenExchange is one exchange waiting for its answer, for the API.
@@ -932,12 +1003,64 @@ func (c *Correlator) OpenExchanges(now time.Time) []OpenExchange {
 	return out
 }
 
-var tcpStates = []string{1: "established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2",
-	"time_wait", "close", "close_wait", "last_ack", "listen", "closing", "new_syn_recv"}
+// Labels are the label values of a per-connection gauge: the server, the
+// client and a state (a TCP state, or a stall state).
+type Labels struct{ Server, Client, State string }
 
-func tcpStateName(s int) string {
-	if s > 0 && s < len(tcpStates) {
-		return tcpStates[s]
+// ServerState is what the correlator knows of one server label.
+type ServerState struct {
+	Server string // the label: ip:port, or "other"
+	// Oldest is the age of the oldest open exchange to it (0: none).
+	Oldest time.Duration
+	// Open is how many connections this host holds to it.
+	Open int
+	// MaxConnections it advertises (0: not known), and AboveLimit the
+	// connections held beyond that.
+	MaxConnections, AboveLimit int
+	// IdleTimeout is the server's own, as the canary observed it (0: not yet).
+	IdleTimeout time.Duration
+}
+
+// State is the correlator's state at one moment: what the gauges show,
+// computed when they are read so that they cannot drift, and labels of
+// connections that are gone are gone from it.
+type State struct {
+	Flows       int            // flows tracked
+	Connections map[Labels]int // by TCP state
+	Stalled     map[Labels]int // stalled now, by stall state
+	Servers     []ServerState  // every server label in use
+}
+
+// State walks the flows at now.
+func (c *Correlator) State(now time.Time) State {
+	st := State{Flows: len(c.flows), Connections: map[Labels]int{}, Stalled: map[Labels]int{}}
+	oldest := make(map[*server]time.Duration, len(c.servers)+1)
+	for _, f := range c.flows {
+		if f.haveState {
+			st.Connections[Labels{f.srv.label, f.client, f.tcpState.String()}]++
+		}
+		for _, ex := range [...]*exchange{f.ex, f.unread} {
+			if ex == nil {
+				continue
+			}
+			if ex.stalled {
+				st.Stalled[Labels{f.srv.label, f.client, ex.state}]++
+			}
+			if ex == f.ex {
+				oldest[f.srv] = max(oldest[f.srv], now.Sub(ex.start))
+			}
+		}
 	}
-	return "unknown"
+	servers := make([]*server, 0, len(c.servers)+1)
+	for _, s := range c.servers {
+		servers = append(servers, s)
+	}
+	if len(c.servers) >= c.cfg.MaxServers { // the overflow label may be in use
+		servers = append(servers, c.other)
+	}
+	for _, s := range servers {
+		st.Servers = append(st.Servers, ServerState{Server: s.label, Oldest: oldest[s], Open: s.open,
+			MaxConnections: s.maxConns, AboveLimit: s.overLimit(), IdleTimeout: s.idleTimeout})
+	}
+	return st
 }

@@ -7,14 +7,12 @@ import (
 	"time"
 
 	"github.com/icapwatch/icapwatch/agent/observe"
-	"github.com/icapwatch/icapwatch/exporter"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // BenchmarkCorrelator feeds answered exchanges over 1000 pooled flows:
 // three observations an exchange, as the kernel sends them.
 func BenchmarkCorrelator(b *testing.B) {
-	c, err := New(DefaultConfig(), exporter.NewMetrics(prometheus.NewRegistry()), nil)
+	c, err := New(DefaultConfig(), nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -49,7 +47,7 @@ func BenchmarkCorrelator(b *testing.B) {
 // holds: memory is bounded by max-flows, however many connections come.
 func BenchmarkCorrelatorChurn(b *testing.B) {
 	cfg := DefaultConfig()
-	c, err := New(cfg, exporter.NewMetrics(prometheus.NewRegistry()), nil)
+	c, err := New(cfg, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

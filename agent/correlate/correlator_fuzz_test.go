@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/icapwatch/icapwatch/agent/observe"
-	"github.com/icapwatch/icapwatch/exporter"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The properties every stream must keep, whatever order and timing its
@@ -25,7 +23,7 @@ var fuzzFlows = [4]observe.Flow{flowA, flowB, flowC, flowA2}
 
 // stream turns bytes into observations, three bytes each: what, which
 // flow and direction, and how much time passes first.
-func stream(data []byte, c *Correlator) time.Time {
+func stream(t testing.TB, data []byte, c *Correlator) time.Time {
 	now := t0
 	for ; len(data) >= 3; data = data[3:] {
 		op, sel, dt := data[0], data[1], data[2]
@@ -35,6 +33,7 @@ func stream(data []byte, c *Correlator) time.Time {
 		switch op % 16 {
 		case 0:
 			c.Sweep(now)
+			checkDue(t, c)
 			continue
 		case 1:
 			o.Kind = observe.ExchangeStart
@@ -51,7 +50,7 @@ func stream(data []byte, c *Correlator) time.Time {
 		case 7:
 			o.Kind, o.Retrans = observe.Retransmit, uint32(sel>>4)
 		case 8:
-			o.Kind, o.NewState = observe.State, int(sel>>4)%13
+			o.Kind, o.NewState = observe.State, observe.TCPState(sel>>4)%13
 			if sel&0x80 != 0 {
 				o.PID, o.Comm = 100+uint32(sel&3), "app"
 			}
@@ -71,22 +70,39 @@ func stream(data []byte, c *Correlator) time.Time {
 			o.Kind = observe.TCPRetransmit
 		}
 		c.Observe(o)
+		checkDue(t, c)
 	}
 	return now
+}
+
+// checkDue holds the stall heap to the flows: NextStall is the earliest
+// start of an open exchange not stalled yet, plus the threshold.
+func checkDue(t testing.TB, c *Correlator) {
+	var want time.Time
+	n := 0
+	for _, f := range c.flows {
+		if ex := f.ex; ex != nil && !ex.stalled {
+			n++
+			if at := ex.start.Add(c.cfg.StallThreshold); want.IsZero() || at.Before(want) {
+				want = at
+			}
+		}
+	}
+	if got := c.NextStall(); !got.Equal(want) || len(c.due) != n {
+		t.Fatalf("next stall %v, want %v; %d exchanges in the heap, %d open", got, want, len(c.due), n)
+	}
 }
 
 // checkStream feeds a stream, closes every flow, lets time pass and
 // checks the properties.
 func checkStream(t *testing.T, data []byte) {
-	reg := prometheus.NewRegistry()
-	m := exporter.NewMetrics(reg)
 	open := map[netip.AddrPort]int{} // stalls not ended yet, by client address
 	stalls, ends := 0, 0
 	cfg := DefaultConfig()
 	cfg.StallThreshold, cfg.TicketWait, cfg.MaxFlows, cfg.MaxServers = time.Second, 300*time.Millisecond, 3, 1
-	c, err := New(cfg, m, func(e Event) {
-		addr, _ := netip.ParseAddrPort(e.ClientAddr)
-		switch e.Kind {
+	c, err := New(cfg, nil, func(e Event) {
+		addr := e.ClientAddr
+		switch e.Kind() {
 		case KindStall:
 			stalls++
 			open[addr]++
@@ -100,7 +116,7 @@ func checkStream(t *testing.T, data []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := stream(data, c)
+	now := stream(t, data, c)
 	for _, f := range fuzzFlows {
 		now = now.Add(time.Millisecond)
 		c.Observe(observe.Observation{Kind: observe.RST, Source: observe.SourceKernel, Time: now, Flow: f})
@@ -112,26 +128,24 @@ func checkStream(t *testing.T, data []byte) {
 	if stalls != ends {
 		t.Fatalf("%d stalls, %d stall ends", stalls, ends)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	end := now.Add(2 * time.Hour)
+	st := c.State(end)
+	for l, n := range st.Stalled {
+		t.Fatalf("stalled_exchanges %v = %d after every flow closed", l, n)
 	}
-	counts := map[string]float64{}
-	for _, mf := range mfs {
-		for _, mt := range mf.GetMetric() {
-			switch name := mf.GetName(); name {
-			case "icapwatch_stalled_exchanges", "icapwatch_connections", "icapwatch_flows_tracked",
-				"icapwatch_oldest_open_exchange_seconds", "icapwatch_pool_above_server_limit":
-				if v := mt.GetGauge().GetValue(); v != 0 {
-					t.Fatalf("%s %v = %v after every flow closed", name, mt.GetLabel(), v)
-				}
-			case "icapwatch_stalls_total", "icapwatch_stall_outcomes_total":
-				counts[name] += mt.GetCounter().GetValue()
-			}
+	for l, n := range st.Connections {
+		t.Fatalf("connections %v = %d after every flow closed", l, n)
+	}
+	if st.Flows != 0 {
+		t.Fatalf("flows_tracked = %d after every flow closed", st.Flows)
+	}
+	for _, s := range st.Servers {
+		if s.Oldest != 0 || s.AboveLimit != 0 {
+			t.Fatalf("server %s: oldest open exchange %v, %d above its limit after every flow closed", s.Server, s.Oldest, s.AboveLimit)
 		}
 	}
-	if counts["icapwatch_stalls_total"] != float64(stalls) || counts["icapwatch_stall_outcomes_total"] != float64(stalls) {
-		t.Fatalf("%d stall events; counters: %v", stalls, counts)
+	if next := c.NextStall(); !next.IsZero() {
+		t.Fatalf("a stall is due at %v after every flow closed", next)
 	}
 }
 

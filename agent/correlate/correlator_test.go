@@ -9,10 +9,6 @@ import (
 	"time"
 
 	"github.com/icapwatch/icapwatch/agent/observe"
-	"github.com/icapwatch/icapwatch/exporter"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 )
 
 var (
@@ -28,12 +24,13 @@ var (
 	flowA2 = observe.Flow{Client: cliA, Server: srvB}
 )
 
-// harness feeds a correlator and keeps what it said.
+// harness feeds a correlator and keeps what it said and measured.
 type harness struct {
 	t      *testing.T
 	c      *Correlator
-	m      *exporter.Metrics
+	m      *testMeter
 	events []Event
+	now    time.Time // the latest time fed: State is read then
 }
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
@@ -42,7 +39,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 	if mod != nil {
 		mod(&cfg)
 	}
-	h := &harness{t: t, m: exporter.NewMetrics(prometheus.NewRegistry())}
+	h := &harness{t: t, m: newTestMeter()}
 	c, err := New(cfg, h.m, func(e Event) { h.events = append(h.events, e) })
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +60,7 @@ func (h *harness) obs(kind observe.Kind, f observe.Flow, s float64, opts ...func
 	for _, opt := range opts {
 		opt(&o)
 	}
+	h.now = o.Time
 	h.c.Observe(o)
 	return h
 }
@@ -72,14 +70,14 @@ func fromClient(o *observe.Observation) { o.Dir = observe.ToServer }
 func flags(fl observe.Flags) func(*observe.Observation) {
 	return func(o *observe.Observation) { o.Flags |= fl }
 }
-func state(old, new int) func(*observe.Observation) {
+func state(old, new observe.TCPState) func(*observe.Observation) {
 	return func(o *observe.Observation) { o.OldState, o.NewState = old, new }
 }
 func owner(pid uint32, comm string) func(*observe.Observation) {
 	return func(o *observe.Observation) { o.PID, o.Comm = pid, comm }
 }
 
-func (h *harness) sweep(s float64) *harness { h.c.Sweep(at(s)); return h }
+func (h *harness) sweep(s float64) *harness { h.now = at(s); h.c.Sweep(h.now); return h }
 
 // kinds lists the events said so far, "kind:detail" each.
 func (h *harness) kinds() string {
@@ -87,11 +85,11 @@ func (h *harness) kinds() string {
 	for _, e := range h.events {
 		d := ""
 		for _, k := range []string{"state", "outcome", "race_kind", "initiator", "direction"} {
-			if v, ok := e.Fields[k]; ok {
-				d += ":" + v.(string)
+			if v, ok := e.Field(k).(string); ok {
+				d += ":" + v
 			}
 		}
-		parts = append(parts, e.Kind+d)
+		parts = append(parts, string(e.Kind())+d)
 	}
 	return strings.Join(parts, " ")
 }
@@ -103,45 +101,151 @@ func (h *harness) wantKinds(want string) {
 	}
 }
 
-func (h *harness) field(kind, name string) any {
+func (h *harness) field(kind Kind, name string) any {
 	h.t.Helper()
 	for _, e := range h.events {
-		if e.Kind == kind {
-			return e.Fields[name]
+		if e.Kind() == kind {
+			return e.Field(name)
 		}
 	}
 	h.t.Fatalf("no %s event", kind)
 	return nil
 }
 
-func (h *harness) wantMetric(c prometheus.Collector, want float64, labels ...string) {
-	h.t.Helper()
-	var got float64
-	switch v := c.(type) {
-	case *prometheus.CounterVec:
-		got = testutil.ToFloat64(v.WithLabelValues(labels...))
-	case *prometheus.GaugeVec:
-		got = testutil.ToFloat64(v.WithLabelValues(labels...))
-	default:
-		got = testutil.ToFloat64(c)
+// count is how many events of a kind have these field values (by the
+// JSON names: server and client too).
+func (h *harness) count(kind Kind, match map[string]string) float64 {
+	n := 0.0
+	for _, e := range h.events {
+		ok := e.Kind() == kind
+		for k, v := range match {
+			switch k {
+			case "server":
+				ok = ok && e.Server == v
+			case "client":
+				ok = ok && e.Client == v
+			default:
+				ok = ok && e.Field(k) == v
+			}
+		}
+		if ok {
+			n++
+		}
 	}
-	if got != want {
-		h.t.Errorf("%v %v = %v, want %v", c, labels, got, want)
+	return n
+}
+
+// metric is the value the agent exports for a metric of the contract
+// (named without icapwatch_ and _total): counters follow the events,
+// gauges the correlator's State, the rest the Meter.
+func (h *harness) metric(name string, l ...string) float64 {
+	h.t.Helper()
+	label := func(i int) string {
+		if i >= len(l) {
+			h.t.Fatalf("%s needs label %d", name, i+1)
+		}
+		return l[i]
+	}
+	st := h.c.State(h.now)
+	server := func() (ServerState, bool) {
+		for _, s := range st.Servers {
+			if s.Server == label(0) {
+				return s, true
+			}
+		}
+		return ServerState{}, false
+	}
+	switch name {
+	case "stalls":
+		return h.count(KindStall, map[string]string{"server": label(0), "client": label(1), "state": label(2)})
+	case "stall_outcomes":
+		return h.count(KindStallEnd, map[string]string{"server": label(0), "client": label(1), "outcome": label(2)})
+	case "stall_releases":
+		if label(1) != ReleaseCause {
+			return 0
+		}
+		return h.count(KindRelease, map[string]string{"server": label(0)})
+	case "idle_close_races":
+		return h.count(KindRace, map[string]string{"server": label(0), "client": label(1), "race_kind": label(2)})
+	case "connection_closes":
+		return h.count(KindClose, map[string]string{"server": label(0), "client": label(1), "initiator": label(2), "how": label(3)})
+	case "tls_alerts":
+		return h.count(KindTLSAlert, map[string]string{"server": label(0), "direction": label(1)})
+	case "stalled_exchanges":
+		return float64(st.Stalled[Labels{label(0), label(1), label(2)}])
+	case "connections":
+		return float64(st.Connections[Labels{label(0), label(1), label(2)}])
+	case "oldest_open_exchange_seconds":
+		s, _ := server()
+		return s.Oldest.Seconds()
+	case "pool_above_server_limit":
+		s, _ := server()
+		return float64(s.AboveLimit)
+	case "flows_tracked":
+		return float64(st.Flows)
+	case "retransmits":
+		return float64(h.m.retransmits[label(0)])
+	case "flow_evictions":
+		return float64(h.m.evictions)
+	}
+	h.t.Fatalf("no metric %s", name)
+	return 0
+}
+
+func (h *harness) wantMetric(name string, want float64, labels ...string) {
+	h.t.Helper()
+	if got := h.metric(name, labels...); got != want {
+		h.t.Errorf("%s %v = %v, want %v", name, labels, got, want)
 	}
 }
 
-func histCount(t *testing.T, h *prometheus.HistogramVec, labels ...string) (uint64, float64) {
-	t.Helper()
-	var m = &dtoMetric{}
-	m.read(t, h.WithLabelValues(labels...).(prometheus.Metric))
-	return m.count, m.sum
+// testMeter keeps what the correlator measured.
+type testMeter struct {
+	gaps        map[[3]string][]time.Duration // server, client, phase
+	idleAges    map[[2]string]int
+	retransmits map[string]uint32
+	skews       map[string][]time.Duration
+	observed    map[observe.Source]int
+	evictions   int
+}
+
+func newTestMeter() *testMeter {
+	return &testMeter{gaps: map[[3]string][]time.Duration{}, idleAges: map[[2]string]int{},
+		retransmits: map[string]uint32{}, skews: map[string][]time.Duration{}, observed: map[observe.Source]int{}}
+}
+
+type testFlowMeter struct {
+	m              *testMeter
+	server, client string
+}
+
+func (m *testMeter) Flow(server, client string) FlowMeter { return testFlowMeter{m, server, client} }
+func (m *testMeter) Observed(s observe.Source)            { m.observed[s]++ }
+func (m *testMeter) Retransmits(server string, n uint32)  { m.retransmits[server] += n }
+func (m *testMeter) Skew(server string, d time.Duration) {
+	m.skews[server] = append(m.skews[server], d)
+}
+func (m *testMeter) FlowEvicted() { m.evictions++ }
+func (f testFlowMeter) Gap(p observe.Phase, d time.Duration) {
+	k := [3]string{f.server, f.client, p.String()}
+	f.m.gaps[k] = append(f.m.gaps[k], d)
+}
+func (f testFlowMeter) IdleAge(time.Duration) { f.m.idleAges[[2]string{f.server, f.client}]++ }
+
+// sum is how many durations there are and their sum in seconds.
+func sum(ds []time.Duration) (uint64, float64) {
+	var s time.Duration
+	for _, d := range ds {
+		s += d
+	}
+	return uint64(len(ds)), s.Seconds()
 }
 
 func TestAnsweredExchange(t *testing.T) {
 	h := newHarness(t, nil)
 	h.obs(observe.ExchangeStart, flowA, 0).obs(observe.Acked, flowA, 0.04).obs(observe.Answer, flowA, 0.1).sweep(20)
 	h.wantKinds("")
-	n, sum := histCount(t, h.m.ExchangeDuration, srvA.String(), ClientUnknown, "request")
+	n, sum := sum(h.m.gaps[[3]string{srvA.String(), ClientUnknown, "request"}])
 	if n != 1 || sum < 0.0999 || sum > 0.1001 {
 		t.Errorf("gap histogram: %d observations, sum %v; want 1, 0.1", n, sum)
 	}
@@ -198,9 +302,9 @@ func TestStallStatesAndOutcomes(t *testing.T) {
 			h := newHarness(t, func(c *Config) { c.MaxFlows = 1 })
 			tc.feed(h)
 			h.wantKinds(tc.events)
-			h.wantMetric(h.m.Stalls, 1, srvA.String(), ClientUnknown, tc.state)
-			h.wantMetric(h.m.Stalled, 0, srvA.String(), ClientUnknown, tc.state)
-			h.wantMetric(h.m.StallOutcomes, 1, srvA.String(), ClientUnknown, tc.out)
+			h.wantMetric("stalls", 1, srvA.String(), ClientUnknown, tc.state)
+			h.wantMetric("stalled_exchanges", 0, srvA.String(), ClientUnknown, tc.state)
+			h.wantMetric("stall_outcomes", 1, srvA.String(), ClientUnknown, tc.out)
 		})
 	}
 }
@@ -226,17 +330,17 @@ func TestPartialRead(t *testing.T) {
 	if got := h.field(KindStall, "age_seconds"); got != 10.1 {
 		t.Errorf("first stall's age %v", got)
 	}
-	h.wantMetric(h.m.Stalls, 2, srvA.String(), ClientUnknown, StateUnread)
+	h.wantMetric("stalls", 2, srvA.String(), ClientUnknown, StateUnread)
 }
 
 // The owner learnt during an unread stall takes its gauge along.
 func TestRelabelMovesUnreadGauge(t *testing.T) {
 	h := newHarness(t, nil)
 	unreadStall(h).obs(observe.State, flowA, 12, fromClient, state(0, observe.TCPEstablished), owner(9, "scanapp"))
-	h.wantMetric(h.m.Stalled, 0, srvA.String(), ClientUnknown, StateUnread)
-	h.wantMetric(h.m.Stalled, 1, srvA.String(), "scanapp", StateUnread)
+	h.wantMetric("stalled_exchanges", 0, srvA.String(), ClientUnknown, StateUnread)
+	h.wantMetric("stalled_exchanges", 1, srvA.String(), "scanapp", StateUnread)
 	h.obs(observe.AppRead, flowA, 13)
-	h.wantMetric(h.m.Stalled, 0, srvA.String(), "scanapp", StateUnread)
+	h.wantMetric("stalled_exchanges", 0, srvA.String(), "scanapp", StateUnread)
 }
 
 // Retransmitted request segments count, and the stall says how many it
@@ -250,7 +354,7 @@ func TestRetransmits(t *testing.T) {
 	if got := h.field(KindStall, "retransmits"); got != uint32(4) {
 		t.Errorf("stall retransmits %v, want 4", got)
 	}
-	h.wantMetric(h.m.Retransmits, 4, srvA.String())
+	h.wantMetric("retransmits", 4, srvA.String())
 }
 
 func TestStallEventFields(t *testing.T) {
@@ -273,7 +377,7 @@ func TestStallEventFields(t *testing.T) {
 	if _, ok := m["pid"]; ok {
 		t.Errorf("pid written while unknown: %s", b)
 	}
-	h.wantMetric(h.m.OldestOpenExchange, 10.5, srvA.String())
+	h.wantMetric("oldest_open_exchange_seconds", 10.5, srvA.String())
 	if open := h.c.OpenExchanges(at(11)); len(open) != 1 || open[0].State != StateUnacked || open[0].AgeSeconds != 11 {
 		t.Errorf("open exchanges: %+v", open)
 	}
@@ -288,20 +392,20 @@ func TestRaces(t *testing.T) {
 	h.obs(observe.ExchangeStart, flowC, 0).obs(observe.Answer, flowC, 0.01).
 		obs(observe.ExchangeStart, flowC, 299.8).obs(observe.FIN, flowC, 300.1, fromServer).sweep(302)
 	h.wantKinds("race:reuse_after_server_close race:crossed_close close:server close:server")
-	if got := h.events[0].Fields["request_to_close_seconds"]; got != -0.005 {
+	if got := h.events[0].Field("request_to_close_seconds"); got != -0.005 {
 		t.Errorf("reuse after close: request_to_close_seconds %v, want -0.005", got)
 	}
-	if got := h.events[1].Fields["idle_age_seconds"]; got != 299.79 {
+	if got := h.events[1].Field("idle_age_seconds"); got != 299.79 {
 		t.Errorf("crossed close: idle_age_seconds %v, want 299.79", got)
 	}
 	for _, kind := range []string{RaceReuseAfterClose, RaceCrossedClose} {
-		h.wantMetric(h.m.IdleCloseRaces, 1, srvA.String(), ClientUnknown, kind)
+		h.wantMetric("idle_close_races", 1, srvA.String(), ClientUnknown, kind)
 	}
 	// The server's reset after the reused request is the same race.
 	h.obs(observe.RST, flowB, 300.01, fromServer)
-	h.wantMetric(h.m.IdleCloseRaces, 1, srvA.String(), ClientUnknown, RaceCrossedClose)
-	h.wantMetric(h.m.IdleCloseRaces, 1, srvA.String(), ClientUnknown, RaceReuseAfterClose)
-	n, _ := histCount(t, h.m.ReuseIdleAge, srvA.String(), ClientUnknown)
+	h.wantMetric("idle_close_races", 1, srvA.String(), ClientUnknown, RaceCrossedClose)
+	h.wantMetric("idle_close_races", 1, srvA.String(), ClientUnknown, RaceReuseAfterClose)
+	n := h.m.idleAges[[2]string{srvA.String(), ClientUnknown}]
 	if n != 2 {
 		t.Errorf("reuse idle age: %d observations, want 2", n)
 	}
@@ -366,7 +470,7 @@ func TestRelease(t *testing.T) {
 					t.Errorf("sibling %v", got)
 				}
 			}
-			h.wantMetric(h.m.StallReleases, want, srvA.String(), ReleaseCause)
+			h.wantMetric("stall_releases", want, srvA.String(), ReleaseCause)
 		})
 	}
 }
@@ -377,7 +481,7 @@ func TestResetsAfterCloseCountOnce(t *testing.T) {
 		obs(observe.RST, flowA, 1.2, fromClient).sweep(3).obs(observe.RST, flowA, 3.5, fromClient)
 	h.wantKinds("close:client")
 	h.sweep(10)
-	h.wantMetric(h.m.FlowsTracked, 0)
+	h.wantMetric("flows_tracked", 0)
 }
 
 // The sibling's close_notify reaches the correlator after the answer it
@@ -400,11 +504,11 @@ func TestReleaseReportedLate(t *testing.T) {
 func TestTLSAlerts(t *testing.T) {
 	h := newHarness(t, nil)
 	h.obs(observe.TLSAlert, flowA, 1, fromServer).obs(observe.TLSAlert, flowB, 2, fromClient, flags(observe.Probable))
-	if h.events[0].Fields["tls_version"] != "1.2" || h.events[1].Fields["tls_version"] != "1.3?" {
-		t.Errorf("versions: %v %v", h.events[0].Fields, h.events[1].Fields)
+	if h.events[0].Field("tls_version") != "1.2" || h.events[1].Field("tls_version") != "1.3?" {
+		t.Errorf("versions: %v %v", h.events[0].Field("tls_version"), h.events[1].Field("tls_version"))
 	}
-	h.wantMetric(h.m.TLSAlerts, 1, srvA.String(), "server")
-	h.wantMetric(h.m.TLSAlerts, 1, srvA.String(), "client")
+	h.wantMetric("tls_alerts", 1, srvA.String(), "server")
+	h.wantMetric("tls_alerts", 1, srvA.String(), "client")
 }
 
 func TestSessionTickets(t *testing.T) {
@@ -425,10 +529,10 @@ func TestSessionTickets(t *testing.T) {
 	h2.obs(observe.ExchangeStart, flowB, 30).obs(observe.Answer, flowB, 30.003, flags(observe.MaybeTicket)).
 		obs(observe.FIN, flowB, 30.1, fromClient).sweep(32)
 	h2.wantKinds("close:client")
-	if e := h2.events[0]; e.Fields["open_exchange"] != false {
+	if e := h2.events[0]; e.Field("open_exchange") != false {
 		t.Errorf("close with the answered exchange still open: %+v", e)
 	}
-	n, sum := histCount(t, h2.m.ExchangeDuration, srvA.String(), ClientUnknown, "request")
+	n, sum := sum(h2.m.gaps[[3]string{srvA.String(), ClientUnknown, "request"}])
 	if n != 2 || sum > 0.0051 {
 		t.Errorf("gap: %d, %v; want 2 ms and 3 ms", n, sum)
 	}
@@ -448,29 +552,29 @@ func TestLateTicketLearntAfterTheWait(t *testing.T) {
 func TestConnectionsOwnersAndBounds(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxServers = 1 })
 	h.obs(observe.State, flowA, 0, fromClient, state(observe.TCPSynSent, observe.TCPEstablished), owner(4121, "scanapp"))
-	h.wantMetric(h.m.Connections, 1, srvA.String(), "scanapp", "established")
+	h.wantMetric("connections", 1, srvA.String(), "scanapp", "established")
 	h.obs(observe.ExchangeStart, flowA, 1).sweep(11)
 	if e := h.events[0]; e.PID != 4121 || e.Client != "scanapp" {
 		t.Errorf("stall event owner: %+v", e)
 	}
 	// The server end's states do not replace the client end's.
 	h.obs(observe.State, flowA, 12, fromServer, state(observe.TCPEstablished, observe.TCPCloseWait))
-	h.wantMetric(h.m.Connections, 1, srvA.String(), "scanapp", "established")
+	h.wantMetric("connections", 1, srvA.String(), "scanapp", "established")
 	h.obs(observe.State, flowA, 13, fromClient, state(observe.TCPEstablished, observe.TCPClose))
-	h.wantMetric(h.m.Connections, 0, srvA.String(), "scanapp", "established")
+	h.wantMetric("connections", 0, srvA.String(), "scanapp", "established")
 	h.wantKinds("stall:unacked stall_end:unacked:client_closed")
 	// One server label allowed: another server is "other".
 	h.obs(observe.ExchangeStart, flowA2, 20).obs(observe.Answer, flowA2, 20.1)
-	if n, _ := histCount(t, h.m.ExchangeDuration, ServerOther, ClientUnknown, "request"); n != 1 {
+	if n, _ := sum(h.m.gaps[[3]string{ServerOther, ClientUnknown, "request"}]); n != 1 {
 		t.Errorf("second server not counted as other")
 	}
 	h.sweep(30)
-	h.wantMetric(h.m.FlowsTracked, 1)
+	h.wantMetric("flows_tracked", 1)
 	// The overflow label's oldest open exchange returns to zero too.
 	h.obs(observe.ExchangeStart, flowA2, 31).sweep(33)
-	h.wantMetric(h.m.OldestOpenExchange, 2, ServerOther)
+	h.wantMetric("oldest_open_exchange_seconds", 2, ServerOther)
 	h.obs(observe.Answer, flowA2, 34).sweep(35)
-	h.wantMetric(h.m.OldestOpenExchange, 0, ServerOther)
+	h.wantMetric("oldest_open_exchange_seconds", 0, ServerOther)
 }
 
 func TestPoolAboveServerLimitAndCanary(t *testing.T) {
@@ -481,12 +585,12 @@ func TestPoolAboveServerLimitAndCanary(t *testing.T) {
 	}
 	h.c.Observe(observe.Observation{Kind: observe.ServerOptions, Source: observe.SourceCanary, Time: at(5),
 		Flow: flowC, MaxConnections: 2})
-	h.wantKinds(KindPoolAboveLimit)
-	if h.events[0].Fields["connections"] != 3 || h.events[0].Client != ClientCanary {
+	h.wantKinds(string(KindPoolAboveLimit))
+	if h.events[0].Field("connections") != 3 || h.events[0].Client != ClientCanary {
 		t.Errorf("pool event: %+v", h.events[0])
 	}
-	h.wantMetric(h.m.PoolAboveLimit, 1, srvA.String())
-	h.wantMetric(h.m.Connections, 1, srvA.String(), ClientCanary, "established")
+	h.wantMetric("pool_above_server_limit", 1, srvA.String())
+	h.wantMetric("connections", 1, srvA.String(), ClientCanary, "established")
 	// The kernel's answer first, then the canary's; then the other way.
 	h.obs(observe.ExchangeStart, flowC, 6).obs(observe.Answer, flowC, 6.010)
 	h.c.Observe(observe.Observation{Kind: observe.CanaryAnswer, Source: observe.SourceCanary, Flow: flowC,
@@ -495,12 +599,12 @@ func TestPoolAboveServerLimitAndCanary(t *testing.T) {
 	h.c.Observe(observe.Observation{Kind: observe.CanaryAnswer, Source: observe.SourceCanary, Flow: flowC,
 		Time: at(7.0203), Gap: 20*time.Millisecond + 300*time.Microsecond})
 	h.obs(observe.Answer, flowC, 7.020)
-	if n, sum := histCount(t, h.m.MeasurementSkew, srvA.String()); n != 2 || sum < 0.00059 || sum > 0.00061 {
+	if n, sum := sum(h.m.skews[srvA.String()]); n != 2 || sum < 0.00059 || sum > 0.00061 {
 		t.Errorf("skew: %d observations, sum %v; want 2, 0.0006", n, sum)
 	}
 	// A connection closes: the next sweep sees the pool within the limit.
 	h.obs(observe.FIN, flowA, 8, fromClient).sweep(8.5)
-	h.wantMetric(h.m.PoolAboveLimit, 0, srvA.String())
+	h.wantMetric("pool_above_server_limit", 0, srvA.String())
 }
 
 func TestConfigValidateNamesFlag(t *testing.T) {
@@ -514,20 +618,6 @@ func TestConfigValidateNamesFlag(t *testing.T) {
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--max-servers") {
 		t.Errorf("got %v", err)
 	}
-}
-
-type dtoMetric struct {
-	count uint64
-	sum   float64
-}
-
-func (d *dtoMetric) read(t *testing.T, m prometheus.Metric) {
-	t.Helper()
-	var pb dto.Metric
-	if err := m.Write(&pb); err != nil {
-		t.Fatal(err)
-	}
-	d.count, d.sum = pb.GetHistogram().GetSampleCount(), pb.GetHistogram().GetSampleSum()
 }
 
 // TestEvictsTheQuietest: at max-flows the flow observed least recently
@@ -553,7 +643,37 @@ func TestEvictsTheQuietest(t *testing.T) {
 	if got, want := open(), flowB.Client.String()+" "+flowC.Client.String(); got != want {
 		t.Errorf("open after B came back: %s, want %s (A evicted)", got, want)
 	}
-	if got := testutil.ToFloat64(h.m.FlowEvictions); got != 2 {
+	if got := h.metric("flow_evictions"); got != 2 {
 		t.Errorf("evictions: %v, want 2", got)
+	}
+}
+
+// Advance sweeps at the moment an exchange crosses the stall threshold,
+// between its periodic sweeps, and an exchange answered before then
+// leaves nothing due.
+func TestAdvanceStallsAtTheThreshold(t *testing.T) {
+	h := newHarness(t, nil)
+	h.c.Advance(at(0))
+	h.obs(observe.ExchangeStart, flowA, 0.3).obs(observe.ExchangeStart, flowB, 0.5).obs(observe.Answer, flowB, 0.6)
+	if got := h.c.NextSweep(); !got.Equal(at(1)) {
+		t.Errorf("next sweep %v, want the periodic one at 1 s", got)
+	}
+	h.c.Advance(at(10.2))
+	if got, want := h.c.NextSweep(), at(10.3); !got.Equal(want) {
+		t.Errorf("next sweep %v, want %v: when A crosses the threshold", got, want)
+	}
+	h.c.Advance(at(10.35))
+	h.wantKinds("stall:unacked")
+	if e := h.events[0]; !e.Time.Equal(at(10.3)) || e.Field("age_seconds") != 10.0 {
+		t.Errorf("stall at %v, age %v: want it found at 10.3 s, 10 s old", e.Time, e.Field("age_seconds"))
+	}
+	if !h.c.NextStall().IsZero() {
+		t.Errorf("a stall is still due at %v", h.c.NextStall())
+	}
+	// A day of quiet: the periodic sweeps jump, stalls are still on time.
+	h.obs(observe.ExchangeStart, flowC, 11)
+	h.c.Advance(at(11 + 48*3600))
+	if n := len(h.events); n != 2 || !h.events[1].Time.Equal(at(21)) {
+		t.Errorf("after a quiet day: %d events, the last at %v; want C's stall at 21 s", n, h.events[n-1].Time)
 	}
 }

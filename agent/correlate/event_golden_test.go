@@ -41,16 +41,16 @@ func TestEventGolden(t *testing.T) {
 		obs(observe.SocketInfo, flowA2, 101, rqueue(500)).sweep(110.3).obs(observe.AppRead, flowA2, 112)
 
 	var b strings.Builder
-	kinds := map[string]bool{}
+	kinds := map[Kind]bool{}
 	for _, e := range h.events {
-		kinds[e.Kind] = true
+		kinds[e.Kind()] = true
 		j, err := json.Marshal(e)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fmt.Fprintf(&b, "%s\nlog: %v\nsummary: %s\n\n", j, e.LogArgs(), e.Summary())
 	}
-	for _, k := range []string{KindStall, KindStallEnd, KindRelease, KindRace, KindTLSAlert, KindClose, KindPoolAboveLimit} {
+	for _, k := range []Kind{KindStall, KindStallEnd, KindRelease, KindRace, KindTLSAlert, KindClose, KindPoolAboveLimit} {
 		if !kinds[k] {
 			t.Errorf("the scenario says no %s event", k)
 		}

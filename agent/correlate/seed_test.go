@@ -73,7 +73,7 @@ func TestSeedTimeline(t *testing.T) {
 	if got := h.field(KindStall, "idle_age_seconds"); got.(float64) < 300 {
 		t.Errorf("idle_age_seconds %v: the connection had been idle since 07:15", got)
 	}
-	h.wantMetric(h.m.StallReleases, 1, spe.String(), ReleaseCause)
-	h.wantMetric(h.m.Stalls, 1, spe.String(), "scanapp", StateAckedSilent)
-	h.wantMetric(h.m.ConnectionCloses, 2, spe.String(), "scanapp", "server", "fin")
+	h.wantMetric("stall_releases", 1, spe.String(), ReleaseCause)
+	h.wantMetric("stalls", 1, spe.String(), "scanapp", StateAckedSilent)
+	h.wantMetric("connection_closes", 2, spe.String(), "scanapp", "server", "fin")
 }

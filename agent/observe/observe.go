@@ -120,13 +120,40 @@ type Flow struct {
 	Server netip.AddrPort
 }
 
-// TCP states (include/net/tcp_states.h) the correlator acts on.
+// TCPState is a socket's TCP state, numbered as the kernel numbers them
+// (include/net/tcp_states.h): the tracepoints, sock_diag and the kernel
+// events carry these numbers.
+type TCPState uint8
+
+// TCP states.
 const (
-	TCPEstablished = 1
-	TCPSynSent     = 2
-	TCPClose       = 7
-	TCPCloseWait   = 8
+	TCPEstablished TCPState = iota + 1
+	TCPSynSent
+	TCPSynRecv
+	TCPFinWait1
+	TCPFinWait2
+	TCPTimeWait
+	TCPClose
+	TCPCloseWait
+	TCPLastAck
+	TCPListen
+	TCPClosing
+	TCPNewSynRecv
+	tcpStateLimit
 )
+
+var tcpStateNames = [tcpStateLimit]string{TCPEstablished: "established", TCPSynSent: "syn_sent",
+	TCPSynRecv: "syn_recv", TCPFinWait1: "fin_wait1", TCPFinWait2: "fin_wait2", TCPTimeWait: "time_wait",
+	TCPClose: "close", TCPCloseWait: "close_wait", TCPLastAck: "last_ack", TCPListen: "listen",
+	TCPClosing: "closing", TCPNewSynRecv: "new_syn_recv"}
+
+// String is the state's name as the connections gauge labels it.
+func (s TCPState) String() string {
+	if s < tcpStateLimit && tcpStateNames[s] != "" {
+		return tcpStateNames[s]
+	}
+	return "unknown"
+}
 
 // Observation is one thing a source saw. Time is on the source's clock:
 // wall time for live sources, the capture's for files; the correlator
@@ -149,7 +176,7 @@ type Observation struct {
 	Len   uint32 // segment payload, app bytes, or queued bytes (RecvQueue)
 	Bytes uint32 // request bytes of the exchange so far
 
-	OldState, NewState int // State
+	OldState, NewState TCPState // State
 	PID                uint32
 	Comm               string
 	Sock               uint64 // kernel socket address: joins socket signals

@@ -11,7 +11,7 @@ import (
 // An -i any capture can hold a packet twice, once per interface it
 // crossed: the second sighting is counted, not observed.
 func TestSecondSightingIsDropped(t *testing.T) {
-	f, err := os.Open(filepath.Join("..", "testdata", "captures", "seed-tls13.pcap"))
+	f, err := os.Open(filepath.Join("..", "analyze", "testdata", "captures", "seed-tls13.pcap"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,8 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/icapwatch/icapwatch/agent/analyze"
-	"github.com/icapwatch/icapwatch/agent/correlate"
 	"io"
 	"net/netip"
 	"os"
@@ -15,6 +13,8 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/icapwatch/icapwatch/agent/analyze"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 )
 
 // analyzeCmd is `icapwatch analyze FILE`: the diagnosis from a capture.
@@ -140,7 +140,7 @@ func report(w io.Writer, name string, res analyze.Analysis, took time.Duration) 
 		}
 	}
 	for _, e := range res.Events {
-		c := conn(e.Server, e.ClientAddr)
+		c := conn(e.Server, e.ClientAddrString())
 		if e.Client != "" && e.Client != correlate.ClientUnknown {
 			c.comm = e.Client
 		}
@@ -211,15 +211,8 @@ func report(w io.Writer, name string, res analyze.Analysis, took time.Duration) 
 		tw.Flush()
 		fmt.Fprintln(w)
 		fmt.Fprintln(tw, "  SERVER\tSTALLS\tRELEASES\tRACES\tTLS ALERTS\tCLOSES")
-		for _, server := range sortedKeys(servers) {
-			count := map[string]int{}
-			for _, e := range res.Events {
-				if e.Server == server {
-					count[e.Kind]++
-				}
-			}
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\n", server, count[correlate.KindStall], count[correlate.KindRelease],
-				count[correlate.KindRace], count[correlate.KindTLSAlert], count[correlate.KindClose])
+		for _, s := range res.Tally.Servers() {
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\n", s.Server, s.Stalls, s.Releases, s.Races, s.TLSAlerts, s.Closes)
 		}
 		tw.Flush()
 	}

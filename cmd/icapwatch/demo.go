@@ -4,15 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"github.com/icapwatch/icapwatch/agent/correlate"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -22,9 +19,9 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/hashicorp/go-hclog"
 	"github.com/icapwatch/icapwatch/agent"
+	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/icap"
 	"github.com/icapwatch/icapwatch/internal/workload"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // demoCmd is `icapwatch demo`: lab server, workload and agent on loopback.
@@ -104,7 +101,13 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 	// from the daemon.
 	var source atomic.Value
 	source.Store(cfg.Source)
-	cfg.OnEvent = func(e correlate.Event) { say("%s", eventLine(e, source.Load().(string))) }
+	// The summary at the end counts what the timeline said.
+	var tally correlate.Tally
+	cfg.OnEvent = func(e correlate.Event) {
+		tally.Event(e)
+		say("%s", eventLine(e, source.Load().(string)))
+	}
+	cfg.OnGap = tally.Gap
 	if err := cfg.Validate(); err != nil {
 		return usageError{err.Error()}
 	}
@@ -154,7 +157,7 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 		err = werr
 	}
 	fmt.Fprintln(stdout)
-	d.summary(stdout, daemon)
+	writeSummary(stdout, tally.Servers(), src) // the daemon has stopped: the tally is still
 	return err
 }
 
@@ -162,18 +165,16 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 const sockDiagLimits = "it polls the sockets every second, so it sees stalls but not when the server ACKed, " +
 	"no TLS alerts, and rarely the server closes that release a stall (those need eBPF)"
 
-// ackedAfter is the stall line's ACK timing, which sock_diag cannot measure.
-var ackedAfter = regexp.MustCompile(`ACKed by the server .*? after it was sent`)
-
 // eventLine is the timeline's line for an event. On sock_diag the ACK is
 // known only from a poll, not when it came: the line says so rather than
 // give a time.
 func eventLine(e correlate.Event, source string) string {
-	line := e.Summary()
-	if source == agent.SourceSockDiag && e.Kind == correlate.KindStall {
-		line = ackedAfter.ReplaceAllLiteralString(line, "ACKed by the server (sock_diag cannot tell when)")
+	if st, ok := e.Detail.(*correlate.Stall); ok && source == agent.SourceSockDiag {
+		untimed := *st
+		untimed.AckUntimed = true
+		e.Detail = &untimed
 	}
-	return line
+	return e.Summary()
 }
 
 // runWorkload runs the application as its own process named scanapp, as
@@ -228,93 +229,30 @@ func startScanapp(ctx context.Context, args []string) *exec.Cmd {
 	return cmd
 }
 
-// summary prints a table per server from the agent's metrics.
-func (d *demoCmd) summary(w io.Writer, daemon *agent.Daemon) {
-	mfs, err := daemon.Registry().Gather()
-	if err != nil {
-		fmt.Fprintf(w, "summary: %v\n", err)
-		return
-	}
-	writeSummary(w, mfs, daemon.Source())
-}
-
-// writeSummary prints the table of the metrics mfs of a run on source.
-func writeSummary(w io.Writer, mfs []*dto.MetricFamily, source string) {
-	type row struct {
-		answered                        uint64
-		gapSum                          float64
-		stalls, releases, races, alerts float64
-		closesByServer                  float64
-	}
-	rows := map[string]*row{}
-	get := func(server string) *row {
-		if rows[server] == nil {
-			rows[server] = &row{}
-		}
-		return rows[server]
-	}
-	label := func(m *dto.Metric, name string) string {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == name {
-				return l.GetValue()
-			}
-		}
-		return ""
-	}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			server := label(m, "server")
-			if server == "" {
-				continue
-			}
-			r := get(server)
-			switch mf.GetName() {
-			case "icapwatch_exchange_duration_seconds":
-				r.answered += m.GetHistogram().GetSampleCount()
-				r.gapSum += m.GetHistogram().GetSampleSum()
-			case "icapwatch_stalls_total":
-				r.stalls += m.GetCounter().GetValue()
-			case "icapwatch_stall_releases_total":
-				r.releases += m.GetCounter().GetValue()
-			case "icapwatch_idle_close_races_total":
-				r.races += m.GetCounter().GetValue()
-			case "icapwatch_tls_alerts_total":
-				r.alerts += m.GetCounter().GetValue()
-			case "icapwatch_connection_closes_total":
-				if label(m, "initiator") == "server" {
-					r.closesByServer += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	servers := make([]string, 0, len(rows))
-	for s := range rows {
-		servers = append(servers, s)
-	}
-	sort.Strings(servers)
+// writeSummary prints a table per server of a run on source.
+func writeSummary(w io.Writer, servers []correlate.ServerTally, source string) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	// sock_diag cannot see some of the columns, or only some of the time:
 	// they are marked, and the note under the table says why.
 	sockDiag := source == agent.SourceSockDiag
-	partial := func(v float64) string {
+	partial := func(v int) string {
 		if sockDiag {
-			return fmt.Sprintf("%.0f*", v)
+			return strconv.Itoa(v) + "*"
 		}
-		return fmt.Sprintf("%.0f", v)
+		return strconv.Itoa(v)
 	}
 	fmt.Fprintln(tw, "SERVER\tEXCHANGES\tMEAN GAP\tSTALLS\tRELEASES\tRACES\tTLS ALERTS\tSERVER CLOSES")
 	for _, s := range servers {
-		r := rows[s]
 		mean := "-"
-		if r.answered > 0 {
-			mean = (time.Duration(r.gapSum / float64(r.answered) * float64(time.Second))).Round(time.Millisecond).String()
+		if s.Answered > 0 {
+			mean = s.MeanGap().Round(time.Millisecond).String()
 		}
-		alerts := fmt.Sprintf("%.0f", r.alerts)
+		alerts := strconv.Itoa(s.TLSAlerts)
 		if sockDiag {
 			alerts = "n/a*"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%s\t%.0f\t%s\t%s\n", s, r.answered, mean, r.stalls, partial(r.releases),
-			r.races, alerts, partial(r.closesByServer))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%d\t%s\t%s\n", s.Server, s.Answered, mean, s.Stalls, partial(s.Releases),
+			s.Races, alerts, partial(s.ServerCloses))
 	}
 	tw.Flush()
 	if len(servers) == 0 {

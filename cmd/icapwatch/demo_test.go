@@ -1,7 +1,7 @@
 package main
 
 import (
-	"github.com/icapwatch/icapwatch/agent/correlate"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,17 +12,17 @@ import (
 	"time"
 
 	"github.com/icapwatch/icapwatch/agent"
-	"github.com/icapwatch/icapwatch/exporter"
+	"github.com/icapwatch/icapwatch/agent/correlate"
+	"github.com/icapwatch/icapwatch/agent/observe"
 	"github.com/icapwatch/icapwatch/internal/testutil"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // sock_diag knows that the server ACKed a request, not when: the demo's
 // line says so instead of a time.
 func TestEventLineOnSockDiag(t *testing.T) {
-	e := correlate.Event{Kind: correlate.KindStall, Server: "127.0.0.1:11344", ClientAddr: "127.0.0.1:35418",
-		Client: "scanapp", PID: 4121, Fields: map[string]any{"state": correlate.StateAckedSilent, "phase": "handshake",
-			"age_seconds": 10.4, "acked_after_seconds": 0.0, "idle_age_seconds": 0.0}}
+	e := correlate.Event{Server: "127.0.0.1:11344", ClientAddr: netip.MustParseAddrPort("127.0.0.1:35418"),
+		Client: "scanapp", PID: 4121, Detail: &correlate.Stall{State: correlate.StateAckedSilent,
+			Phase: observe.PhaseHandshake, Age: 10400 * time.Millisecond, Acked: true}}
 	bpfLine, diagLine := eventLine(e, agent.SourceBPF), eventLine(e, agent.SourceSockDiag)
 	if !strings.Contains(bpfLine, "ACKed by the server 0 ms after it was sent, no answer for 10.4 s (acked_silent)") {
 		t.Errorf("eBPF line: %s", bpfLine)
@@ -32,8 +32,7 @@ func TestEventLineOnSockDiag(t *testing.T) {
 		t.Errorf("sock_diag line: %s", diagLine)
 	}
 	unacked := e
-	unacked.Fields = map[string]any{"state": correlate.StateUnacked, "phase": "request", "age_seconds": 11.0,
-		"acked_after_seconds": nil, "idle_age_seconds": 0.0}
+	unacked.Detail = &correlate.Stall{State: correlate.StateUnacked, Phase: observe.PhaseRequest, Age: 11 * time.Second}
 	if got, want := eventLine(unacked, agent.SourceSockDiag), unacked.Summary(); got != want {
 		t.Errorf("an unacked stall reads %q, want it as is: %q", got, want)
 	}
@@ -41,16 +40,13 @@ func TestEventLineOnSockDiag(t *testing.T) {
 
 // On sock_diag the summary marks the columns that need eBPF and says why.
 func TestSummaryMarksWhatSockDiagCannotSee(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m := exporter.NewMetrics(reg)
 	const server = "127.0.0.1:11344"
-	m.ExchangeDuration.WithLabelValues(server, "scanapp", "request").Observe(0.25)
-	m.ExchangeDuration.WithLabelValues(server, "scanapp", "request").Observe(0.75)
-	m.Stalls.WithLabelValues(server, "scanapp", correlate.StateAckedSilent).Inc()
-	m.ConnectionCloses.WithLabelValues(server, "scanapp", "server", "fin").Add(3)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	var tally correlate.Tally
+	tally.Gap(correlate.Gap{Server: server, Phase: "request", Gap: 250 * time.Millisecond})
+	tally.Gap(correlate.Gap{Server: server, Phase: "request", Gap: 750 * time.Millisecond})
+	tally.Event(correlate.Event{Server: server, Client: "scanapp", Detail: &correlate.Stall{State: correlate.StateAckedSilent}})
+	for range 3 {
+		tally.Event(correlate.Event{Server: server, Client: "scanapp", Detail: &correlate.Close{Initiator: "server", How: "fin"}})
 	}
 	for _, tc := range []struct {
 		source      string
@@ -61,7 +57,7 @@ func TestSummaryMarksWhatSockDiagCannotSee(t *testing.T) {
 		{agent.SourceSockDiag, []string{server, "2", "500ms", "1", "0*", "0", "n/a*", "3*"}, "* needs eBPF", ""},
 	} {
 		var b strings.Builder
-		writeSummary(&b, mfs, tc.source)
+		writeSummary(&b, tally.Servers(), tc.source)
 		out := b.String()
 		var row []string
 		for _, line := range strings.Split(out, "\n") {

@@ -306,7 +306,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestAnalyzeCommand(t *testing.T) {
-	capture := filepath.Join("..", "..", "agent", "testdata", "captures", "seed-tls13.pcap")
+	capture := filepath.Join("..", "..", "agent", "analyze", "testdata", "captures", "seed-tls13.pcap")
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -343,7 +343,7 @@ func TestAnalyzeCommand(t *testing.T) {
 // the order they happened: the race fixture's close comes before the
 // race it caused, though the correlator reports the close later.
 func TestAnalyzeTimelineOrder(t *testing.T) {
-	capture := filepath.Join("..", "..", "agent", "testdata", "captures", "race-tls12.pcap")
+	capture := filepath.Join("..", "..", "agent", "analyze", "testdata", "captures", "race-tls12.pcap")
 	var out, errb bytes.Buffer
 	if code := run(context.Background(), []string{"analyze", "--ports", "21344", capture}, &out, &errb); code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
@@ -364,7 +364,7 @@ func TestAnalyzeTimelineOrder(t *testing.T) {
 
 // A capture of a link type analyze does not read says which, and exits 1.
 func TestAnalyzeUnknownLinkType(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "..", "agent", "testdata", "captures", "seed-tls13.pcap"))
+	b, err := os.ReadFile(filepath.Join("..", "..", "agent", "analyze", "testdata", "captures", "seed-tls13.pcap"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/icapwatch/icapwatch/agent/correlate"
+	"github.com/icapwatch/icapwatch/agent/observe"
+	"github.com/icapwatch/icapwatch/exporter"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// meter puts the correlator's measurements into the Prometheus metrics.
+// It keeps the children it hands out, so that the correlator's hot path
+// makes no label lookup.
+type meter struct {
+	m      *exporter.Metrics
+	events [8]prometheus.Counter // by observe.Source
+}
+
+func newMeter(m *exporter.Metrics) *meter {
+	mt := &meter{m: m}
+	for src := range mt.events {
+		mt.events[src] = m.Events.WithLabelValues(observe.Source(src).String())
+	}
+	return mt
+}
+
+// flowMeter holds one flow's histogram children, made when first used.
+type flowMeter struct {
+	m              *exporter.Metrics
+	server, client string
+	gaps           [3]prometheus.Observer // by phase
+	idle           prometheus.Observer
+}
+
+func (mt *meter) Flow(server, client string) correlate.FlowMeter {
+	return &flowMeter{m: mt.m, server: server, client: client}
+}
+
+func (mt *meter) Observed(src observe.Source) {
+	if int(src) < len(mt.events) {
+		mt.events[src].Inc()
+	}
+}
+
+func (mt *meter) Retransmits(server string, n uint32) {
+	mt.m.Retransmits.WithLabelValues(server).Add(float64(n))
+}
+
+func (mt *meter) Skew(server string, d time.Duration) {
+	mt.m.MeasurementSkew.WithLabelValues(server).Observe(d.Seconds())
+}
+
+func (mt *meter) FlowEvicted() { mt.m.FlowEvictions.Inc() }
+
+func (f *flowMeter) Gap(p observe.Phase, d time.Duration) {
+	if int(p) >= len(f.gaps) {
+		return
+	}
+	if f.gaps[p] == nil {
+		f.gaps[p] = f.m.ExchangeDuration.WithLabelValues(f.server, f.client, p.String())
+	}
+	f.gaps[p].Observe(d.Seconds())
+}
+
+func (f *flowMeter) IdleAge(d time.Duration) {
+	if f.idle == nil {
+		f.idle = f.m.ReuseIdleAge.WithLabelValues(f.server, f.client)
+	}
+	f.idle.Observe(d.Seconds())
+}
+
+// countEvent counts an event in the counters that follow events.
+func countEvent(m *exporter.Metrics, e correlate.Event) {
+	switch d := e.Detail.(type) {
+	case *correlate.Stall:
+		m.Stalls.WithLabelValues(e.Server, e.Client, d.State).Inc()
+	case *correlate.StallEnd:
+		m.StallOutcomes.WithLabelValues(e.Server, e.Client, d.Outcome).Inc()
+	case *correlate.Release:
+		m.StallReleases.WithLabelValues(e.Server, correlate.ReleaseCause).Inc()
+	case *correlate.Race:
+		m.IdleCloseRaces.WithLabelValues(e.Server, e.Client, d.RaceKind).Inc()
+	case *correlate.TLSAlert:
+		m.TLSAlerts.WithLabelValues(e.Server, d.Direction).Inc()
+	case *correlate.Close:
+		m.ConnectionCloses.WithLabelValues(e.Server, e.Client, d.Initiator, d.How).Inc()
+	}
+}
+
+// stateCollector computes the state gauges from the correlator when
+// /metrics is scraped (node_exporter's collector pattern): they cannot
+// drift from what the correlator holds, and series of label sets that are
+// gone disappear with them.
+type stateCollector struct {
+	descs exporter.StateDescs
+	mu    *sync.Mutex // guards the correlator
+	corr  *correlate.Correlator
+	now   func() time.Time
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs.All() {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	st := c.corr.State(c.now())
+	c.mu.Unlock()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	// Stalled now: a zero matters to a dashboard while connections are
+	// open, so each server and client with connections has every state.
+	stalled := maps.Clone(st.Stalled)
+	for l := range st.Connections {
+		for _, state := range []string{correlate.StateUnacked, correlate.StateAckedSilent, correlate.StateUnread} {
+			stalled[correlate.Labels{Server: l.Server, Client: l.Client, State: state}] += 0
+		}
+	}
+	for l, n := range stalled {
+		gauge(c.descs.Stalled, float64(n), l.Server, l.Client, l.State)
+	}
+	for l, n := range st.Connections {
+		gauge(c.descs.Connections, float64(n), l.Server, l.Client, l.State)
+	}
+	for _, s := range st.Servers {
+		gauge(c.descs.OldestOpenExchange, s.Oldest.Seconds(), s.Server)
+		if s.MaxConnections > 0 {
+			gauge(c.descs.ServerMaxConns, float64(s.MaxConnections), s.Server)
+			gauge(c.descs.PoolAboveLimit, float64(s.AboveLimit), s.Server)
+		}
+		if s.IdleTimeout > 0 {
+			gauge(c.descs.ServerIdleTimeout, s.IdleTimeout.Seconds(), s.Server)
+		}
+	}
+	gauge(c.descs.FlowsTracked, float64(st.Flows))
+}
