@@ -66,7 +66,7 @@ func BenchmarkKernelCost(b *testing.B) {
 			}
 		}
 	}()
-	egress := p.Programs()["icapwatch_egress"]
+	egress := p.objs.IcapwatchEgress
 	floor := returnOnly(b)
 	lo, err := net.InterfaceByName("lo")
 	if err != nil {
@@ -199,8 +199,8 @@ func BenchmarkClassifierRun(b *testing.B) {
 		seg  segment
 	}{
 		{"return_only", empty, unwatched},
-		{"unwatched", p.coll.Programs["icapwatch_egress"], unwatched},
-		{"watched_no_event", p.coll.Programs["icapwatch_egress"], watched},
+		{"unwatched", p.objs.IcapwatchEgress, unwatched},
+		{"watched_no_event", p.objs.IcapwatchEgress, watched},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			_, per, err := c.prog.Benchmark(c.seg.frame(), b.N, nil)
@@ -228,7 +228,7 @@ func returnOnly(b *testing.B) *ebpf.Program {
 // each time it reads the eviction estimate.
 func BenchmarkStatsCountFlows(b *testing.B) {
 	p := loadForRun(b, OutputPerf)
-	flows := p.coll.Maps["flows"]
+	flows := p.objs.Flows
 	n := int(flows.MaxEntries())
 	keys := make([]icapwatchFlowKey, n)
 	vals := make([]icapwatchFlow, n)

@@ -79,32 +79,31 @@ func Check(cfg Config) Report {
 	return r
 }
 
-// programHooks names the hook of each program, in the report's order.
-var programHooks = []struct{ prog, hook string }{
-	{"icapwatch_ingress", HookTCIngress},
-	{"icapwatch_egress", HookTCEgress},
-	{"icapwatch_state", HookSetState},
-	{"icapwatch_retransmit", HookRetransmitSKB},
-	{"icapwatch_sendmsg", HookSendmsg},
-	{"icapwatch_cleanup_rbuf", HookCleanupRbuf},
-}
-
 // checkPrograms loads each program of the baseline object alone, with the
 // maps, and reports one line for each.
 func (r *Report) checkPrograms(cfg Config) {
-	spec, err := loadSpec(OutputPerf)
+	spec, specs, err := loadSpec(OutputPerf)
 	if err != nil {
 		r.add("object", false, false, err.Error())
 		return
 	}
-	spec.Maps["flows"].MaxEntries = cfg.MaxFlows
+	specs.Flows.MaxEntries = cfg.MaxFlows
 	hooks := map[string]string{}
 	var names []string
-	for _, ph := range programHooks {
-		if spec.Programs[ph.prog] != nil {
-			hooks[ph.prog] = ph.hook
-			names = append(names, ph.prog)
-		}
+	// The report's order.
+	for _, ph := range []struct {
+		prog *ebpf.ProgramSpec
+		hook string
+	}{
+		{specs.IcapwatchIngress, HookTCIngress},
+		{specs.IcapwatchEgress, HookTCEgress},
+		{specs.IcapwatchState, HookSetState},
+		{specs.IcapwatchRetransmit, HookRetransmitSKB},
+		{specs.IcapwatchSendmsg, HookSendmsg},
+		{specs.IcapwatchCleanupRbuf, HookCleanupRbuf},
+	} {
+		hooks[ph.prog.Name] = ph.hook
+		names = append(names, ph.prog.Name)
 	}
 	var others []string // none today
 	for name := range spec.Programs {

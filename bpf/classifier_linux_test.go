@@ -270,9 +270,9 @@ func TestClassifier(t *testing.T) {
 			t.Run(tc.name+"/"+output, func(t *testing.T) {
 				p := loadForRun(t, output)
 				for i, s := range tc.steps {
-					prog := p.coll.Programs["icapwatch_ingress"]
+					prog := p.objs.IcapwatchIngress
 					if s.hook == HookEgress {
-						prog = p.coll.Programs["icapwatch_egress"]
+						prog = p.objs.IcapwatchEgress
 					}
 					ret, err := prog.Run(&ebpf.RunOptions{Data: s.seg.frame()})
 					if err != nil {
@@ -376,7 +376,7 @@ func TestHeldRecordKeepsItsTime(t *testing.T) {
 		if i == 1 {
 			time.Sleep(5 * time.Millisecond)
 		}
-		if _, err := p.coll.Programs["icapwatch_egress"].Run(&ebpf.RunOptions{Data: s.seg.frame()}); err != nil {
+		if _, err := p.objs.IcapwatchEgress.Run(&ebpf.RunOptions{Data: s.seg.frame()}); err != nil {
 			t.Fatal(err)
 		}
 		if i == 0 {

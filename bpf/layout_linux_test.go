@@ -2,6 +2,8 @@ package bpf
 
 import (
 	"encoding/binary"
+	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -27,5 +29,30 @@ func TestLayoutMatchesC(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("%s: Go %d, C %d", c.name, c.got, c.want)
 		}
+	}
+}
+
+// TestVariantsNameAlike: the loader holds either object in the baseline's
+// types (objects), which works because both name their maps and programs
+// alike.
+func TestVariantsNameAlike(t *testing.T) {
+	tags := func(v any) []string {
+		var out []string
+		typ := reflect.TypeOf(v)
+		for i := range typ.NumField() {
+			out = append(out, typ.Field(i).Name+" "+typ.Field(i).Tag.Get("ebpf"))
+		}
+		return out
+	}
+	for _, pair := range [][2]any{
+		{icapwatchPrograms{}, icapwatchRingbufPrograms{}},
+		{icapwatchMaps{}, icapwatchRingbufMaps{}},
+	} {
+		if base, ring := tags(pair[0]), tags(pair[1]); !slices.Equal(base, ring) {
+			t.Errorf("%T and %T differ:\n%v\n%v", pair[0], pair[1], base, ring)
+		}
+	}
+	if _, _, err := loadSpec(OutputRing); err != nil {
+		t.Error(err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"reflect"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -19,7 +20,7 @@ type loadOptions struct {
 	// tracepoint programs do), so the verifier checks them.
 	verifyKprobes bool
 	// edit changes each spec before it is loaded, to make a load fail.
-	edit func(*ebpf.CollectionSpec)
+	edit func(*ebpf.CollectionSpec, *icapwatchSpecs)
 }
 
 // load prepares the kernel side without attaching anything: Program.Run
@@ -98,7 +99,7 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, kprobes bool, err error) 
 	var kprobeErr, ringErr error // the last of each variant's
 	for _, try := range attempts {
 		p.output = try.output
-		p.coll, err = loadCollection(cfg, try.output, try.kprobes, opts.edit)
+		p.objs, err = loadObjects(cfg, try.output, try.kprobes, opts.edit)
 		if err == nil {
 			if try.kprobes != kprobes && kprobeErr != nil {
 				kprobes = false
@@ -135,15 +136,32 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, kprobes bool, err error) 
 	return p, kprobes, nil
 }
 
-// loadCollection loads one variant of the object.
-func loadCollection(cfg Config, output string, kprobes bool, edit func(*ebpf.CollectionSpec)) (*ebpf.Collection, error) {
-	spec, err := loadSpec(output)
+// objects are the loaded maps and programs, in bpf2go's types. The perf
+// and the ring buffer objects name their maps and programs alike, so the
+// baseline object's types hold either (TestVariantsNameAlike).
+type objects struct {
+	icapwatchPrograms // the kprobe programs are nil when a load leaves them out
+	icapwatchMaps     // exported_types is never loaded: nil
+}
+
+// loadObjects loads one variant of the object.
+//
+// It loads a collection and then takes the maps and programs into objects
+// by their ebpf tags, instead of LoadAndAssign into bpf2go's
+// icapwatchObjects: LoadAndAssign loads every object the struct names and
+// fails on one the spec lacks, and a load leaves out exported_types (it
+// only carries the enum types into the BTF) and, without kprobes, the
+// kprobe programs. Taking what is there keeps one struct for every load,
+// with nil where a load left something out. The maps objects does not
+// hold (those only the programs use) stay alive as long as the programs.
+func loadObjects(cfg Config, output string, kprobes bool, edit func(*ebpf.CollectionSpec, *icapwatchSpecs)) (*objects, error) {
+	spec, specs, err := loadSpec(output)
 	if err != nil {
 		return nil, err
 	}
-	spec.Maps["flows"].MaxEntries = cfg.MaxFlows
+	specs.Flows.MaxEntries = cfg.MaxFlows
 	if output == OutputRing {
-		spec.Maps["events"].MaxEntries = uint32(cfg.RingBuffer)
+		specs.Events.MaxEntries = uint32(cfg.RingBuffer)
 	}
 	if !kprobes {
 		for name, prog := range spec.Programs {
@@ -153,23 +171,52 @@ func loadCollection(cfg Config, output string, kprobes bool, edit func(*ebpf.Col
 		}
 	}
 	if edit != nil {
-		edit(spec)
+		edit(spec, specs)
 	}
-	return ebpf.NewCollection(spec)
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, err
+	}
+	defer coll.Close() // what objects did not take
+	o := &objects{}
+	for _, s := range []any{&o.icapwatchPrograms, &o.icapwatchMaps} {
+		v := reflect.ValueOf(s).Elem()
+		for i := range v.NumField() {
+			name := v.Type().Field(i).Tag.Get("ebpf")
+			switch f := v.Field(i).Addr().Interface().(type) {
+			case **ebpf.Program:
+				*f = coll.DetachProgram(name)
+			case **ebpf.Map:
+				*f = coll.DetachMap(name)
+			}
+		}
+	}
+	return o, nil
 }
 
-func loadSpec(output string) (*ebpf.CollectionSpec, error) {
+// Close closes every map and program that was loaded.
+func (o *objects) Close() error {
+	return errors.Join(o.icapwatchPrograms.Close(), o.icapwatchMaps.Close())
+}
+
+// loadSpec reads one variant of the embedded object, with bpf2go's names
+// for its parts.
+func loadSpec(output string) (*ebpf.CollectionSpec, *icapwatchSpecs, error) {
 	load := loadIcapwatch
 	if output == OutputRing {
 		load = loadIcapwatchRingbuf
 	}
 	spec, err := load()
 	if err != nil {
-		return nil, fmt.Errorf("read embedded eBPF object: %w", err)
+		return nil, nil, fmt.Errorf("read embedded eBPF object: %w", err)
+	}
+	var specs icapwatchSpecs
+	if err := spec.Assign(&specs); err != nil {
+		return nil, nil, fmt.Errorf("read embedded eBPF object: %w", err)
 	}
 	// It only carries the enum types for bpf2go.
-	delete(spec.Maps, "exported_types")
-	return spec, nil
+	delete(spec.Maps, specs.ExportedTypes.Name)
+	return spec, &specs, nil
 }
 
 // Capabilities, as the errors name them.
@@ -214,7 +261,7 @@ func tracepointError(err error) error {
 
 // configure writes the settings and the watched-port bitmap.
 func (p *Probe) configure(cfg Config, settings icapwatchConfig) error {
-	if err := p.coll.Maps["config_map"].Put(uint32(0), settings); err != nil {
+	if err := p.objs.ConfigMap.Put(uint32(0), settings); err != nil {
 		return fmt.Errorf("write settings map: %w", err)
 	}
 	bitmap := map[uint32]uint32{}
@@ -222,7 +269,7 @@ func (p *Probe) configure(cfg Config, settings icapwatchConfig) error {
 		bitmap[uint32(port)>>5] |= 1 << (port & 31)
 	}
 	for idx, bits := range bitmap {
-		if err := p.coll.Maps["ports"].Put(idx, bits); err != nil {
+		if err := p.objs.Ports.Put(idx, bits); err != nil {
 			return fmt.Errorf("write ports map: %w", err)
 		}
 	}

@@ -40,8 +40,10 @@ func TestKprobeProgramsVerify(t *testing.T) {
 			if !kprobes {
 				t.Fatalf("kprobe programs not loaded: %+v", p.Hooks())
 			}
-			for _, name := range []string{"icapwatch_sendmsg", "icapwatch_cleanup_rbuf"} {
-				if prog := p.Programs()[name]; prog == nil || prog.Type() != ebpf.Kprobe {
+			for name, prog := range map[string]*ebpf.Program{
+				"sendmsg": p.objs.IcapwatchSendmsg, "cleanup_rbuf": p.objs.IcapwatchCleanupRbuf,
+			} {
+				if prog == nil || prog.Type() != ebpf.Kprobe {
 					t.Errorf("kprobe program %s not loaded", name)
 				}
 			}
@@ -51,10 +53,10 @@ func TestKprobeProgramsVerify(t *testing.T) {
 
 // breakPrograms makes the verifier refuse the programs that match: their
 // first instruction exits with R0 unset.
-func breakPrograms(match func(*ebpf.ProgramSpec) bool) func(*ebpf.CollectionSpec) {
-	return func(spec *ebpf.CollectionSpec) {
+func breakPrograms(match func(*ebpf.ProgramSpec, *icapwatchSpecs) bool) func(*ebpf.CollectionSpec, *icapwatchSpecs) {
+	return func(spec *ebpf.CollectionSpec, specs *icapwatchSpecs) {
 		for _, p := range spec.Programs {
-			if match(p) {
+			if match(p, specs) {
 				p.Instructions[0] = asm.Return().WithMetadata(p.Instructions[0].Metadata)
 			}
 		}
@@ -64,9 +66,9 @@ func breakPrograms(match func(*ebpf.ProgramSpec) bool) func(*ebpf.CollectionSpec
 // TestLoadFallsBack: a refused upgrade costs the upgrade, not the agent.
 func TestLoadFallsBack(t *testing.T) {
 	testutil.RequireRoot(t)
-	isKprobe := func(p *ebpf.ProgramSpec) bool { return p.Type == ebpf.Kprobe }
-	badRing := func(spec *ebpf.CollectionSpec) {
-		if m := spec.Maps["events"]; m.Type == ebpf.RingBuf {
+	isKprobe := func(p *ebpf.ProgramSpec, _ *icapwatchSpecs) bool { return p.Type == ebpf.Kprobe }
+	badRing := func(_ *ebpf.CollectionSpec, specs *icapwatchSpecs) {
+		if m := specs.Events; m.Type == ebpf.RingBuf {
 			m.MaxEntries = 4096 + 1 // not a power of two: the kernel refuses the map
 		}
 	}
@@ -81,7 +83,7 @@ func TestLoadFallsBack(t *testing.T) {
 			t.Fatalf("a refused kprobe program failed the load: %v", err)
 		}
 		defer p.Close()
-		if kprobes || p.Programs()["icapwatch_sendmsg"] != nil {
+		if kprobes || p.objs.IcapwatchSendmsg != nil {
 			t.Fatal("kprobes reported loaded")
 		}
 		for _, want := range []string{HookSendmsg, HookCleanupRbuf} {
@@ -98,7 +100,7 @@ func TestLoadFallsBack(t *testing.T) {
 				t.Errorf("hook %s not reported: %+v", want, p.Hooks())
 			}
 		}
-		if p.Programs()["icapwatch_ingress"] == nil {
+		if p.objs.IcapwatchIngress == nil {
 			t.Error("baseline programs missing")
 		}
 	})
@@ -125,7 +127,7 @@ func TestLoadFallsBack(t *testing.T) {
 	})
 	t.Run("baseline", func(t *testing.T) {
 		cfg := DefaultConfig()
-		isIngress := func(p *ebpf.ProgramSpec) bool { return p.Name == "icapwatch_ingress" }
+		isIngress := func(p *ebpf.ProgramSpec, specs *icapwatchSpecs) bool { return p == specs.IcapwatchIngress }
 		_, _, err := loadWith(cfg, loadOptions{edit: breakPrograms(isIngress)})
 		if err == nil || !strings.Contains(err.Error(), "verifier") {
 			t.Errorf("a refused baseline program: error %v, want the verifier's", err)

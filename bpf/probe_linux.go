@@ -19,7 +19,7 @@ import (
 // Read; Close detaches everything it attached.
 type Probe struct {
 	log     hclog.Logger
-	coll    *ebpf.Collection
+	objs    *objects
 	tc      *tcAttacher
 	links   []link.Link
 	perf    *perf.Reader
@@ -61,19 +61,21 @@ func Open(cfg Config) (p *Probe, err error) {
 }
 
 func (p *Probe) attach(cfg Config, kprobes bool) error {
-	tc, err := newTCAttacher(cfg, p.coll.Programs["icapwatch_ingress"],
-		p.coll.Programs["icapwatch_egress"], p.log.Named("tc"))
+	tc, err := newTCAttacher(cfg, p.objs.IcapwatchIngress, p.objs.IcapwatchEgress, p.log.Named("tc"))
 	if err != nil {
 		return err
 	}
 	p.mu.Lock()
 	p.tc = tc
 	p.mu.Unlock()
-	for _, tp := range []struct{ hook, group, name, prog string }{
-		{HookSetState, "sock", "inet_sock_set_state", "icapwatch_state"},
-		{HookRetransmitSKB, "tcp", "tcp_retransmit_skb", "icapwatch_retransmit"},
+	for _, tp := range []struct {
+		hook, group, name string
+		prog              *ebpf.Program
+	}{
+		{HookSetState, "sock", "inet_sock_set_state", p.objs.IcapwatchState},
+		{HookRetransmitSKB, "tcp", "tcp_retransmit_skb", p.objs.IcapwatchRetransmit},
 	} {
-		l, err := link.Tracepoint(tp.group, tp.name, p.coll.Programs[tp.prog], nil)
+		l, err := link.Tracepoint(tp.group, tp.name, tp.prog, nil)
 		if err != nil {
 			return fmt.Errorf("attach tracepoint %s/%s: %w", tp.group, tp.name, tracepointError(err))
 		}
@@ -83,12 +85,15 @@ func (p *Probe) attach(cfg Config, kprobes bool) error {
 	if !kprobes {
 		return nil
 	}
-	for _, kp := range []struct{ hook, symbol, prog string }{
-		{HookSendmsg, "tcp_sendmsg", "icapwatch_sendmsg"},
-		{HookCleanupRbuf, "tcp_cleanup_rbuf", "icapwatch_cleanup_rbuf"},
+	for _, kp := range []struct {
+		hook, symbol string
+		prog         *ebpf.Program
+	}{
+		{HookSendmsg, "tcp_sendmsg", p.objs.IcapwatchSendmsg},
+		{HookCleanupRbuf, "tcp_cleanup_rbuf", p.objs.IcapwatchCleanupRbuf},
 	} {
 		st := HookStatus{Name: kp.hook, Optional: true, Mode: "kprobe"}
-		if l, err := link.Kprobe(kp.symbol, p.coll.Programs[kp.prog], nil); err != nil {
+		if l, err := link.Kprobe(kp.symbol, kp.prog, nil); err != nil {
 			st.Error = err.Error()
 			p.log.Info("optional kprobe not attached", "symbol", kp.symbol, "error", err)
 		} else {
@@ -126,9 +131,6 @@ func (p *Probe) addHook(h HookStatus) {
 	p.hooks = append(p.hooks, h)
 }
 
-// Programs returns the loaded programs by name, for statistics and tests.
-func (p *Probe) Programs() map[string]*ebpf.Program { return p.coll.Programs }
-
 // Close detaches every hook, closes the buffer and the objects. It is safe
 // to call more than once.
 func (p *Probe) Close() error {
@@ -146,8 +148,8 @@ func (p *Probe) Close() error {
 		if p.ring != nil {
 			errs = append(errs, p.ring.Close())
 		}
-		if p.coll != nil {
-			p.coll.Close()
+		if p.objs != nil {
+			errs = append(errs, p.objs.Close())
 		}
 		if p.unmount != "" {
 			errs = append(errs, unix.Unmount(p.unmount, unix.MNT_DETACH))

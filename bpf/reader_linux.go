@@ -14,9 +14,9 @@ import (
 func (p *Probe) openReader(cfg Config) error {
 	var err error
 	if p.output == OutputRing {
-		p.ring, err = ringbuf.NewReader(p.coll.Maps["events"])
+		p.ring, err = ringbuf.NewReader(p.objs.Events)
 	} else {
-		p.perf, err = perf.NewReaderWithOptions(p.coll.Maps["events"], cfg.PerCPUBuffer,
+		p.perf, err = perf.NewReaderWithOptions(p.objs.Events, cfg.PerCPUBuffer,
 			perf.ReaderOptions{Watermark: cfg.PerCPUBuffer / 2})
 	}
 	if err != nil {

@@ -23,7 +23,7 @@ func (p *Probe) Stats(countFlows bool) (Stats, error) {
 	var s Stats
 	var perCPU []uint64
 	for i, f := range s.counters() {
-		if err := p.coll.Maps["counters"].Lookup(uint32(i), &perCPU); err != nil {
+		if err := p.objs.Counters.Lookup(uint32(i), &perCPU); err != nil {
 			return s, fmt.Errorf("read counters: %w", err)
 		}
 		for _, v := range perCPU {
@@ -55,7 +55,7 @@ const flowBatch = 1024
 func (p *Probe) countFlows() (int, error) {
 	p.statsMu.Lock()
 	defer p.statsMu.Unlock()
-	m := p.coll.Maps["flows"]
+	m := p.objs.Flows
 	if !p.noBatch {
 		if p.batchKeys == nil {
 			p.batchKeys = make([]icapwatchFlowKey, flowBatch)
