@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS  := -s -w -X $(PKG)/internal/version.Version=$(VERSION) -X $(PKG)/internal/version.Revision=$(REVISION)
 FUZZTIME ?= 30s
-FUZZPKGS := ./icap ./bpf ./agent
+FUZZPKGS := ./icap ./bpf ./agent/correlate ./agent/analyze
 
 export PATH := $(PATH):/usr/local/go/bin
 
@@ -57,7 +57,7 @@ fixtures: ## Record the test captures in agent/analyze/testdata/captures (root; 
 bench: build ## Measure cost and speed side by side (observer effect, footprint, detection, correlator, analyze vs tshark) into bench-results.md.
 	$(GO) run ./scripts/bench -bin $(BIN) -out bench-results.md
 	@printf '\n### 3. Correlator, 4. sock_diag and 6. offline analysis (Go benchmarks)\n\n```\n' >> bench-results.md
-	$(GO) test -run '^$$' -bench '^Benchmark(Correlator|CorrelatorChurn|Analyze|SockDiag)$$' -benchmem ./agent | tee -a bench-results.md
+	$(GO) test -run '^$$' -bench '^Benchmark(Correlator|CorrelatorChurn|Analyze|SockDiag)$$' -benchmem ./agent/... | tee -a bench-results.md
 	@printf '```\n\n### 6. icapwatch analyze against tshark\n\n' >> bench-results.md
 	scripts/bench-analyze.sh $(BIN) | tee -a bench-results.md
 	@if [ "$$(id -u)" = 0 ]; then \

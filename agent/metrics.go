@@ -13,21 +13,24 @@ import (
 
 // meter puts the correlator's measurements into the Prometheus metrics.
 // It keeps the children it hands out, so that the correlator's hot path
-// makes no label lookup.
+// makes no label lookup, and one flow meter per label pair, shared by the
+// flows that have them. The correlator's goroutine is its only user.
 type meter struct {
 	m      *exporter.Metrics
 	events [8]prometheus.Counter // by observe.Source
+	flows  map[[2]string]*flowMeter
 }
 
 func newMeter(m *exporter.Metrics) *meter {
-	mt := &meter{m: m}
+	mt := &meter{m: m, flows: map[[2]string]*flowMeter{}}
 	for src := range mt.events {
 		mt.events[src] = m.Events.WithLabelValues(observe.Source(src).String())
 	}
 	return mt
 }
 
-// flowMeter holds one flow's histogram children, made when first used.
+// flowMeter holds the histogram children of one label pair, made when
+// first used.
 type flowMeter struct {
 	m              *exporter.Metrics
 	server, client string
@@ -36,7 +39,13 @@ type flowMeter struct {
 }
 
 func (mt *meter) Flow(server, client string) correlate.FlowMeter {
-	return &flowMeter{m: mt.m, server: server, client: client}
+	k := [2]string{server, client}
+	f := mt.flows[k]
+	if f == nil {
+		f = &flowMeter{m: mt.m, server: server, client: client}
+		mt.flows[k] = f
+	}
+	return f
 }
 
 func (mt *meter) Observed(src observe.Source) {
