@@ -55,7 +55,9 @@ func (a *analyzeCmd) run(stdout, stderr io.Writer) error {
 	}
 	in := os.Stdin
 	var size int64
-	if a.file != "-" {
+	if a.file == stdinFile {
+		a.file = "-"
+	} else {
 		f, err := os.Open(a.file)
 		if err != nil {
 			return usagef("%v", err)

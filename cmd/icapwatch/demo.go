@@ -42,9 +42,9 @@ func registerDemo(app *kingpin.Application) *demoCmd {
 	c := d.cmd
 	flag(c, "demo", "duration", "How long to run.").Default("90s").DurationVar(&d.duration)
 	flag(c, "demo", "listen", "The lab server's TLS address.").Default("127.0.0.1:11344").StringVar(&d.listen)
-	flag(c, "demo", "workers", "The lab server's workers.").Default("2").IntVar(&d.workers)
+	intVar(flag(c, "demo", "workers", "The lab server's workers.").Default("2"), &d.workers)
 	flag(c, "demo", "idle-timeout", "The lab server's idle timeout.").Default("20s").DurationVar(&d.idleTimeout)
-	flag(c, "demo", "conns", "The application's pool size; one more than the workers reproduces the seed.").Default("3").IntVar(&d.conns)
+	intVar(flag(c, "demo", "conns", "The application's pool size; one more than the workers reproduces the seed.").Default("3"), &d.conns)
 	flag(c, "demo", "seed", "Seed of the application's random pauses and requests.").Default("1").Uint64Var(&d.seed)
 	flag(c, "demo", "source", "auto, bpf or sockdiag.").Default(agent.SourceAuto).EnumVar(&d.cfg.Source, agent.SourceAuto, agent.SourceBPF, agent.SourceSockDiag)
 	flag(c, "demo", "stall-threshold", "An exchange open this long is a stall.").Default("10s").DurationVar(&d.cfg.Correlator.StallThreshold)
@@ -277,7 +277,7 @@ func registerWorkload(app *kingpin.Application) *workloadCmd {
 	w := &workloadCmd{cmd: app.Command("workload", "An application-like ICAP client for the demo.").Hidden()}
 	c := w.cmd
 	flag(c, "workload", "target", "ICAP service URL.").Required().StringVar(&w.cfg.Target)
-	flag(c, "workload", "conns", "Pool size.").Default("3").IntVar(&w.cfg.Conns)
+	intVar(flag(c, "workload", "conns", "Pool size.").Default("3"), &w.cfg.Conns)
 	flag(c, "workload", "seed", "Random seed.").Default("1").Uint64Var(&w.cfg.Seed)
 	flag(c, "workload", "min-pause", "Shortest pause between bursts.").Default("3s").DurationVar(&w.cfg.MinPause)
 	flag(c, "workload", "max-pause", "Longest pause between bursts.").Default("8s").DurationVar(&w.cfg.MaxPause)

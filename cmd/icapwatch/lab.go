@@ -35,14 +35,14 @@ func registerLab(app *kingpin.Application) *labCmd {
 	flag(c, "lab", "key", "TLS private key (PEM) for --cert.").PlaceHolder("FILE").StringVar(&l.keyFile)
 	flag(c, "lab", "cert-out", "Write the self-signed certificate here, for clients' --ca.").PlaceHolder("FILE").StringVar(&l.certOut)
 	flag(c, "lab", "tls-max-version", "Highest TLS version to offer: 1.2 or 1.3.").Default("1.3").EnumVar(&l.tlsMax, "1.2", "1.3")
-	flag(c, "lab", "workers", "Connections served at once; each open connection holds one, idle or not (like c-icap).").Default(fmt.Sprint(d.Workers)).IntVar(&l.cfg.Workers)
+	intVar(flag(c, "lab", "workers", "Connections served at once; each open connection holds one, idle or not (like c-icap).").Default(fmt.Sprint(d.Workers)), &l.cfg.Workers)
 	flag(c, "lab", "idle-timeout", "Close connections idle this long (close_notify, then FIN).").Default(d.IdleTimeout.String()).DurationVar(&l.cfg.IdleTimeout)
-	flag(c, "lab", "max-connections", "Max-Connections advertised in OPTIONS; 0 means --workers.").Default("0").IntVar(&l.cfg.MaxConnections)
+	intVar(flag(c, "lab", "max-connections", "Max-Connections advertised in OPTIONS; 0 means --workers.").Default("0"), &l.cfg.MaxConnections)
 	flag(c, "lab", "service", "ICAP service name.").Default(d.Service).StringVar(&l.cfg.Service)
-	flag(c, "lab", "stall-every", "Hold every Nth request's answer for --stall-for; 0 disables.").Default("0").IntVar(&l.cfg.StallEvery)
+	intVar(flag(c, "lab", "stall-every", "Hold every Nth request's answer for --stall-for; 0 disables.").Default("0"), &l.cfg.StallEvery)
 	flag(c, "lab", "stall-for", "How long a stalled answer is held.").Default(d.StallFor.String()).DurationVar(&l.cfg.StallFor)
 	flag(c, "lab", "fault", "Fault to inject mid-request: reset (RST), drop (never answer), alert (TLS close_notify and FIN).").EnumVar(&l.cfg.Fault, icap.FaultReset, icap.FaultDrop, icap.FaultAlert)
-	flag(c, "lab", "fault-every", "Inject --fault into every Nth request.").Default(fmt.Sprint(d.FaultEvery)).IntVar(&l.cfg.FaultEvery)
+	intVar(flag(c, "lab", "fault-every", "Inject --fault into every Nth request.").Default(fmt.Sprint(d.FaultEvery)), &l.cfg.FaultEvery)
 	flag(c, "lab", "shutdown-timeout", "On SIGTERM, how long requests in progress may take to finish.").Default("10s").DurationVar(&l.shutdownIn)
 	l.cfg.RequestTimeout = d.RequestTimeout
 	return l

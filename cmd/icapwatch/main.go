@@ -4,10 +4,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -25,7 +28,9 @@ const (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a closed terminal or a service manager's hang-up must
+	// not end the agent without taking its hooks off.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -46,6 +51,29 @@ func flag(f flagger, cmd, name, help string) *kingpin.FlagClause {
 	env += strings.NewReplacer(".", "_", "-", "_").Replace(name)
 	return f.Flag(name, help).Envar(strings.ToUpper(env))
 }
+
+// wholeNumber is an int flag that takes only a whole number: kingpin's
+// own reads "1.5" as 1 and says "strconv.ParseFloat" for "abc". Ranges
+// are checked with the rest of the configuration, which names the flag.
+type wholeNumber struct{ p *int }
+
+func (w wholeNumber) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("want a whole number")
+	}
+	*w.p = n
+	return nil
+}
+
+func (w wholeNumber) String() string { return strconv.Itoa(*w.p) }
+
+// intVar makes f a whole-number flag stored in p.
+func intVar(f *kingpin.FlagClause, p *int) { f.SetValue(wholeNumber{p}) }
+
+// stdinFile stands for "-", standard input, among the arguments: kingpin
+// reads a lone "-" as an empty value.
+const stdinFile = "/dev/stdin"
 
 // usageError is a configuration problem found after parsing; run prints it
 // and exits 2.
@@ -88,6 +116,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	work := registerWorkload(app)
 	analyze := registerAnalyze(app)
 
+	args = slices.Clone(args)
+	for i, a := range args {
+		if a == "-" {
+			args[i] = stdinFile
+		}
+	}
 	cmd, err := app.Parse(args)
 	if err != nil {
 		fmt.Fprintf(stderr, "icapwatch: error: %v; try --help\n", nameBadFlag(app, args, err))

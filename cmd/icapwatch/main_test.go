@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -406,5 +407,64 @@ func TestDeployEnvironmentNamesFlags(t *testing.T) {
 				t.Errorf("%s sets %s, which is no flag's variable", file, m[1])
 			}
 		}
+	}
+}
+
+// Numeric flags take whole numbers and say so: kingpin's own read "1.5"
+// as 1 and answered "abc" with strconv.ParseFloat.
+func TestNumericFlagsWantWholeNumbers(t *testing.T) {
+	for _, v := range []string{"1.5", "abc", "1e3", ""} {
+		code, _, stderr := runCLI(t, "agent", "--max-flows="+v)
+		if code != exitUsage || !strings.Contains(stderr, "--max-flows") || !strings.Contains(stderr, "whole number") ||
+			strings.Contains(stderr, "strconv") {
+			t.Errorf("--max-flows=%s: exit %d, %s", v, code, stderr)
+		}
+	}
+}
+
+// "-" is standard input, as --help says, also without "--" before it.
+func TestAnalyzeReadsStandardInput(t *testing.T) {
+	f, err := os.Open(filepath.Join("..", "..", "agent", "analyze", "testdata", "captures", "seed-tls13.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stdin := os.Stdin
+	os.Stdin = f
+	defer func() { os.Stdin = stdin }()
+	code, stdout, stderr := runCLI(t, "analyze", "--ports", "21344", "-")
+	if code != exitOK || !strings.Contains(stdout, "server 127.0.0.1:21344") || !strings.HasPrefix(stdout, "- (pcap)") {
+		t.Errorf("analyze -: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// SIGHUP stops the agent as SIGTERM does: it takes its hooks off and
+// exits 0, rather than dying with them attached.
+func TestAgentStopsCleanlyOnSIGHUP(t *testing.T) {
+	bin := testutil.BuildIcapwatch(t)
+	var out syncBuffer
+	cmd := exec.Command(bin, "agent", "--source", "sockdiag", "--web.listen-address", "127.0.0.1:0")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(out.String(), "serving"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent does not serve:\n%s", out.String())
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil || !strings.Contains(out.String(), "stopped") {
+			t.Errorf("after SIGHUP: %v\n%s", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the agent did not stop on SIGHUP:\n%s", out.String())
 	}
 }
