@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS  := -s -w -X $(PKG)/internal/version.Version=$(VERSION) -X $(PKG)/internal/version.Revision=$(REVISION)
 FUZZTIME ?= 30s
-FUZZPKGS := ./icap ./bpf ./agent/correlate ./agent/analyze
+FUZZPKGS := ./icap ./bpf ./agent/observe ./agent/wire ./agent/correlate ./agent/analyze
 
 export PATH := $(PATH):/usr/local/go/bin
 

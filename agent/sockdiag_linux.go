@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -68,7 +69,11 @@ func (d *SockDiag) Sockets() ([]Socket, error) {
 	d.sockets = out
 	if d.needWalk(out) {
 		start := time.Now()
-		d.owners = socketOwners(d.proc)
+		want := make(map[uint32]bool, len(out))
+		for _, s := range out {
+			want[s.Inode] = true
+		}
+		d.owners = socketOwners(d.proc, want)
 		for _, s := range out {
 			if _, ok := d.owners[s.Inode]; !ok {
 				d.owners[s.Inode] = procOwner{} // ownerless: no walk for it again
@@ -111,39 +116,77 @@ type procOwner struct {
 	comm string
 }
 
-// socketOwners maps socket inodes to the processes holding them, from
-// the /proc/PID/fd links ("socket:[INODE]"). Processes that vanish or
-// cannot be read are passed over.
-func socketOwners(proc string) map[uint32]procOwner {
+// socketOwners maps the wanted socket inodes to the processes holding
+// them, from the /proc/PID/fd links ("socket:[INODE]"). Processes that
+// vanish or cannot be read are passed over. What it reads is bounded,
+// whatever --proc names: directories a chunk at a time, and of a comm file
+// its first bytes, without blocking on a FIFO.
+func socketOwners(proc string, want map[uint32]bool) map[uint32]procOwner {
 	owners := map[uint32]procOwner{}
-	dirs, _ := os.ReadDir(proc)
-	for _, dir := range dirs {
-		pid, err := strconv.ParseUint(dir.Name(), 10, 32)
+	eachName(proc, func(dir string) {
+		pid, err := strconv.ParseUint(dir, 10, 32)
 		if err != nil {
-			continue
+			return
 		}
-		fds, err := os.ReadDir(filepath.Join(proc, dir.Name(), "fd"))
-		if err != nil {
-			continue
-		}
-		var comm string
-		for _, fd := range fds {
-			target, err := os.Readlink(filepath.Join(proc, dir.Name(), "fd", fd.Name()))
+		fdDir := filepath.Join(proc, dir, "fd")
+		comm, named := "", false
+		eachName(fdDir, func(fd string) {
+			target, err := os.Readlink(filepath.Join(fdDir, fd))
 			if err != nil || !strings.HasPrefix(target, "socket:[") {
-				continue
+				return
 			}
 			inode, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]"), 10, 32)
-			if err != nil {
-				continue
+			if err != nil || !want[uint32(inode)] {
+				return
 			}
-			if comm == "" {
-				b, _ := os.ReadFile(filepath.Join(proc, dir.Name(), "comm"))
-				comm = strings.TrimSpace(string(b))
+			if !named {
+				comm, named = procComm(filepath.Join(proc, dir, "comm")), true
 			}
 			if _, seen := owners[uint32(inode)]; !seen {
 				owners[uint32(inode)] = procOwner{uint32(pid), comm}
 			}
+		})
+	})
+	return owners
+}
+
+// procDirChunk is how many names of a directory are read at a time.
+const procDirChunk = 256
+
+// eachName calls fn with each name in a directory, reading it in chunks:
+// a process with a million open files costs no million-entry slice.
+func eachName(dir string, fn func(name string)) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	for {
+		names, err := f.Readdirnames(procDirChunk)
+		for _, n := range names {
+			fn(n)
+		}
+		if err != nil || len(names) == 0 {
+			return
 		}
 	}
-	return owners
+}
+
+// commMax bounds the read of a comm file: the kernel's are 16 bytes.
+const commMax = 64
+
+// procComm reads a process name: at most commMax bytes, never blocking
+// (a FIFO under a --proc that is not the kernel's), made printable UTF-8.
+func procComm(path string) string {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return ""
+	}
+	b := make([]byte, commMax)
+	n, _ := io.ReadFull(f, b)
+	return observe.Printable(strings.TrimSpace(string(b[:n])))
 }

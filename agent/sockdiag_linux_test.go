@@ -1,11 +1,16 @@
 package agent
 
 import (
+	"bytes"
+	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -230,4 +235,50 @@ func countWatched(ports []uint16, listened ...uint16) int {
 		}
 	}
 	return n
+}
+
+// What the agent reads under --proc is bounded and cannot block: a comm
+// that is a FIFO or a huge file, or that holds bytes that are not UTF-8,
+// gives a short, printable name or none; sockets not watched are not kept.
+func TestSocketOwnersReadsProcSafely(t *testing.T) {
+	proc := t.TempDir()
+	mk := func(pid string, inode int, comm func(path string)) {
+		fd := filepath.Join(proc, pid, "fd")
+		if err := os.MkdirAll(fd, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(fmt.Sprintf("socket:[%d]", inode), filepath.Join(fd, "3")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(fmt.Sprintf("socket:[%d]", inode+1000), filepath.Join(fd, "4")); err != nil {
+			t.Fatal(err)
+		}
+		comm(filepath.Join(proc, pid, "comm"))
+	}
+	write := func(b []byte) func(string) {
+		return func(path string) {
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mk("10", 1, write([]byte("\xff\xfebad\xc3\n")))
+	mk("11", 2, write(bytes.Repeat([]byte("a"), 10<<20)))
+	mk("12", 3, func(path string) {
+		if err := unix.Mkfifo(path, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	done := make(chan map[uint32]procOwner, 1)
+	go func() { done <- socketOwners(proc, map[uint32]bool{1: true, 2: true, 3: true}) }()
+	var owners map[uint32]procOwner
+	select {
+	case owners = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("socketOwners blocks on a FIFO under --proc")
+	}
+	want := map[uint32]procOwner{1: {10, `\xff\xfebad\xc3`}, 2: {11, strings.Repeat("a", commMax)}, 3: {12, ""}}
+	if !maps.Equal(owners, want) {
+		t.Errorf("owners %v, want %v", owners, want)
+	}
 }

@@ -5,8 +5,12 @@
 package observe
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Kind says what an Observation reports.
@@ -189,4 +193,37 @@ type Observation struct {
 	Gap            time.Duration // CanaryAnswer: the canary's own gap
 	MaxConnections int           // ServerOptions
 	IdleTimeout    time.Duration // ServerIdle
+}
+
+// Printable returns s as valid, printable UTF-8, for strings that come
+// from outside and become label values, event fields and log values (a
+// process may name itself with any bytes): bytes that are not UTF-8 and
+// control characters are written escaped, \xff. Sources pass such
+// strings through it once, where they enter the model; a string that is
+// already printable is returned as it is, without allocating.
+func Printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1, r != utf8.RuneError && !unicode.IsPrint(r) && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case !unicode.IsPrint(r):
+			fmt.Fprintf(&b, "\\u%04x", r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
