@@ -468,12 +468,12 @@ func (d *Daemon) runCanary(ctx context.Context, target string, out chan<- observ
 	for {
 		timeout := min(d.cfg.Canary.Interval, 30*time.Second)
 		pctx, cancel := context.WithTimeout(ctx, timeout)
-		_, opts, tr, err := client.Options(pctx)
+		res := client.Probe(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
-		d.recordProbe(target, opts, tr, err, log, send)
+		d.recordProbe(target, res, log, send)
 		st := client.Stats()
 		d.m.PoolConnections.WithLabelValues(target, "idle").Set(float64(st.Idle))
 		d.m.PoolConnections.WithLabelValues(target, "busy").Set(float64(st.InUse))
@@ -489,31 +489,23 @@ func (d *Daemon) runCanary(ctx context.Context, target string, out chan<- observ
 	}
 }
 
-func (d *Daemon) recordProbe(target string, opts icap.Options, tr *icap.Trace, err error, log hclog.Logger,
-	send func(observe.Observation)) {
-	if err != nil {
-		reason := "error"
-		var pe *icap.PhaseError
-		if errors.As(err, &pe) {
-			reason = pe.Phase
-		}
+func (d *Daemon) recordProbe(target string, res icap.ProbeResult, log hclog.Logger, send func(observe.Observation)) {
+	if !res.OK() {
 		d.m.ProbeSuccess.WithLabelValues(target).Set(0)
-		d.m.ProbeFailures.WithLabelValues(target, reason).Inc()
-		log.Warn("canary probe failed", "reason", reason, "error", err)
+		d.m.ProbeFailures.WithLabelValues(target, res.Reason()).Inc()
+		log.Warn("canary probe failed", "reason", res.Reason(), "error", res.Err)
 		return
 	}
 	d.m.ProbeSuccess.WithLabelValues(target).Set(1)
-	conn := "fresh"
-	if tr.Reused {
-		conn = "reused"
-	}
-	for _, p := range tr.Phases() {
+	// Phases that did not happen (connect and tls on a reused connection,
+	// tls on plain ICAP) are left out rather than observed as zero.
+	for _, p := range res.Trace.Phases() {
 		if p.Duration > 0 || p.Name == "first_byte" || p.Name == "total" {
-			d.m.ProbePhase.WithLabelValues(target, conn, p.Name).Observe(p.Duration.Seconds())
+			d.m.ProbePhase.WithLabelValues(target, res.Conn, p.Name).Observe(p.Duration.Seconds())
 		}
 	}
-	if remote := tr.Conn.Remote; remote.IsValid() {
-		send(CanaryOptions(netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), opts, time.Now()))
+	if remote := res.Trace.Conn.Remote; remote.IsValid() {
+		send(CanaryOptions(netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()), res.Options, time.Now()))
 	}
 }
 
