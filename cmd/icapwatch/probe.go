@@ -16,6 +16,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/icapwatch/icapwatch/icap"
+	"github.com/icapwatch/icapwatch/internal/humanize"
 )
 
 // probeCmd is `icapwatch probe URL`: OPTIONS with phase timings.
@@ -123,10 +124,10 @@ func (p *probeCmd) run(ctx context.Context, stdout io.Writer) error {
 			}
 		}
 		pctx, cancel := context.WithTimeout(ctx, p.timeout)
-		resp, opts, tr, err := c.Options(pctx)
+		pr := c.Probe(pctx)
 		cancel()
 		mu.Lock()
-		res := p.result(i, c.Target(), resp, tr, err, closes)
+		res := p.result(i, c.Target(), pr, closes)
 		closes = nil
 		mu.Unlock()
 		if !res.OK {
@@ -136,7 +137,7 @@ func (p *probeCmd) run(ctx context.Context, stdout io.Writer) error {
 			enc := json.NewEncoder(stdout)
 			enc.Encode(res)
 		} else {
-			p.print(stdout, res, opts, i == 1 || !res.OK)
+			p.print(stdout, res, pr, i == 1 || !res.OK)
 		}
 	}
 	return p.summary(stdout, p.count, failures)
@@ -152,12 +153,10 @@ func (p *probeCmd) summary(stdout io.Writer, done, failures int) error {
 	return nil
 }
 
-func (p *probeCmd) result(n int, t icap.Target, resp *icap.Response, tr *icap.Trace, err error, closes []string) probeResult {
-	r := probeResult{Probe: n, Target: t.URL, OK: err == nil, Closes: closes}
-	if tr != nil && tr.Conn.ID != 0 {
-		r.Conn = "fresh"
+func (p *probeCmd) result(n int, t icap.Target, pr icap.ProbeResult, closes []string) probeResult {
+	r := probeResult{Probe: n, Target: t.URL, OK: pr.OK(), Conn: pr.Conn, FailedIn: pr.FailedPhase, Closes: closes}
+	if tr := pr.Trace; pr.Conn != "" {
 		if tr.Reused {
-			r.Conn = "reused"
 			age := tr.IdleAge.Seconds()
 			r.IdleAge = &age
 		}
@@ -172,21 +171,11 @@ func (p *probeCmd) result(n int, t icap.Target, resp *icap.Response, tr *icap.Tr
 			r.Phases[ph.Name] = ph.Duration.Seconds()
 		}
 	}
-	if resp != nil {
+	if resp := pr.Response; resp != nil {
 		r.Status, r.Reason, r.Headers = resp.StatusCode, resp.Reason, resp.Header
 	}
-	if err != nil {
-		r.Error = explain(err, p)
-		var (
-			pe *icap.PhaseError
-			se *icap.StatusError
-		)
-		switch {
-		case errors.As(err, &pe):
-			r.FailedIn = pe.Phase
-		case errors.As(err, &se):
-			r.FailedIn = "status"
-		}
+	if pr.Err != nil {
+		r.Error = explain(pr.Err, p)
 	}
 	return r
 }
@@ -223,13 +212,15 @@ func explain(err error, p *probeCmd) string {
 	return fmt.Sprintf("failed in phase %s: %v", phase, err)
 }
 
-func (p *probeCmd) print(w io.Writer, r probeResult, opts icap.Options, headers bool) {
+// print writes r for people; the durations come from pr's trace, r holds
+// them only as the JSON's float seconds.
+func (p *probeCmd) print(w io.Writer, r probeResult, pr icap.ProbeResult, headers bool) {
 	fmt.Fprintf(w, "probe %d/%d %s", r.Probe, p.count, r.Target)
 	switch r.Conn {
 	case "fresh":
 		fmt.Fprintf(w, "  fresh connection %s -> %s\n", r.Local, r.Remote)
 	case "reused":
-		fmt.Fprintf(w, "  reused connection %s -> %s, idle %s\n", r.Local, r.Remote, fmtSeconds(*r.IdleAge))
+		fmt.Fprintf(w, "  reused connection %s -> %s, idle %s\n", r.Local, r.Remote, humanize.Fixed(pr.Trace.IdleAge))
 	default:
 		fmt.Fprintln(w)
 	}
@@ -243,8 +234,8 @@ func (p *probeCmd) print(w io.Writer, r probeResult, opts icap.Options, headers 
 		fmt.Fprintf(w, "  %s, %s\n", r.TLSVersion, r.Cipher)
 	}
 	if len(r.Phases) > 0 {
-		for _, name := range []string{"connect", "tls", "write", "first_byte", "total"} {
-			fmt.Fprintf(w, "  %-11s %10s\n", strings.ReplaceAll(name, "_", " "), fmtSeconds(r.Phases[name]))
+		for _, ph := range pr.Trace.Phases() {
+			fmt.Fprintf(w, "  %-11s %10s\n", strings.ReplaceAll(ph.Name, "_", " "), humanize.Fixed(ph.Duration))
 		}
 	}
 	if !r.OK {
@@ -263,8 +254,8 @@ func (p *probeCmd) print(w io.Writer, r probeResult, opts icap.Options, headers 
 				fmt.Fprintf(w, "    %s: %s\n", k, v)
 			}
 		}
-		if opts.MaxConnections > 0 {
-			fmt.Fprintf(w, "  the server serves at most %d connections at once (Max-Connections)\n", opts.MaxConnections)
+		if pr.Options.MaxConnections > 0 {
+			fmt.Fprintf(w, "  the server serves at most %d connections at once (Max-Connections)\n", pr.Options.MaxConnections)
 		}
 	}
 }
@@ -280,16 +271,7 @@ func describeClose(ci icap.CloseInfo) string {
 	}
 	s += ")"
 	if ci.Idle {
-		s += " after it was idle " + fmtSeconds(ci.IdleAge.Seconds())
+		s += " after it was idle " + humanize.Fixed(ci.IdleAge)
 	}
 	return s
-}
-
-func fmtSeconds(s float64) string {
-	switch {
-	case s >= 1:
-		return fmt.Sprintf("%.2fs", s)
-	default:
-		return fmt.Sprintf("%.3fms", s*1000)
-	}
 }
