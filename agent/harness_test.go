@@ -100,27 +100,45 @@ func (h *harness) field(kind correlate.Kind, name string) any {
 	return nil
 }
 
-// wantMetric reads one series of the registry, as a scrape would; an
-// absent series reads 0.
-func (h *harness) wantMetric(name string, want float64, labels map[string]string) {
+// series gathers the registry, as a scrape would, and keeps the series
+// of a metric that have these labels (and maybe others).
+func (h *harness) series(name string, labels map[string]string) []*dto.Metric {
 	h.t.Helper()
 	mfs, err := h.reg.Gather()
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	got := 0.0
+	var out []*dto.Metric
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			if matches(m, labels) {
-				got += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				out = append(out, m)
 			}
 		}
 	}
+	return out
+}
+
+// wantMetric sums the matching series; none reads 0.
+func (h *harness) wantMetric(name string, want float64, labels map[string]string) {
+	h.t.Helper()
+	got := 0.0
+	for _, m := range h.series(name, labels) {
+		got += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+	}
 	if got != want {
 		h.t.Errorf("%s%v = %v, want %v", name, labels, got, want)
+	}
+}
+
+// wantSeries counts the matching series.
+func (h *harness) wantSeries(name string, want int, labels map[string]string) {
+	h.t.Helper()
+	if n := len(h.series(name, labels)); n != want {
+		h.t.Errorf("%s%v: %d series, want %d", name, labels, n, want)
 	}
 }
 

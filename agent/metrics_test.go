@@ -54,25 +54,3 @@ func TestStateGaugesFollowTheCorrelator(t *testing.T) {
 	h.wantMetric("icapwatch_flows_tracked", 0, nil)
 	h.wantMetric("icapwatch_stall_outcomes_total", 1, with("outcome", "client_closed"))
 }
-
-// wantSeries counts the series of a metric with these labels.
-func (h *harness) wantSeries(name string, want int, labels map[string]string) {
-	h.t.Helper()
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	n := 0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				if matches(m, labels) {
-					n++
-				}
-			}
-		}
-	}
-	if n != want {
-		h.t.Errorf("%s%v: %d series, want %d", name, labels, n, want)
-	}
-}

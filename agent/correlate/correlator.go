@@ -7,7 +7,8 @@
 // recorded and synthetic streams replay exactly, and it needs no
 // Prometheus: measurements go to a Meter, state is read by State, and
 // events are typed values. It imports only agent/observe and the standard
-// library; the live agent and the offline analysis both drive it.
+// library (and internal/humanize for its summaries); the live agent and
+// the offline analysis both drive it.
 package correlate
 
 import (

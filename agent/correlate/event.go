@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/icapwatch/icapwatch/agent/observe"
+	"github.com/icapwatch/icapwatch/internal/humanize"
 )
 
 // Kind names an event, as DESIGN.md's Events table does.
@@ -180,30 +181,30 @@ func what(p observe.Phase) string {
 func (d *Stall) summary(e Event, who string) string {
 	if d.State == StateUnread {
 		return fmt.Sprintf("answer to %s from %s has sat unread in the receive queue for %s (unread)",
-			who, e.Server, human(d.Age))
+			who, e.Server, humanize.Duration(d.Age))
 	}
 	acked := "not ACKed by the server"
 	switch {
 	case d.Acked && d.AckUntimed:
 		acked = "ACKed by the server (sock_diag cannot tell when)"
 	case d.Acked:
-		acked = fmt.Sprintf("ACKed by the server %s after it was sent", human(d.AckedAfter))
+		acked = fmt.Sprintf("ACKed by the server %s after it was sent", humanize.Duration(d.AckedAfter))
 	}
-	return fmt.Sprintf("%s from %s to %s %s, no answer for %s (%s)", what(d.Phase), who, e.Server, acked, human(d.Age), d.State)
+	return fmt.Sprintf("%s from %s to %s %s, no answer for %s (%s)", what(d.Phase), who, e.Server, acked, humanize.Duration(d.Age), d.State)
 }
 
 func (d *StallEnd) summary(e Event, who string) string {
-	return fmt.Sprintf("stalled %s from %s to %s ended after %s: %s", what(d.Phase), who, e.Server, human(d.Duration), d.Outcome)
+	return fmt.Sprintf("stalled %s from %s to %s ended after %s: %s", what(d.Phase), who, e.Server, humanize.Duration(d.Duration), d.Outcome)
 }
 
 func (d *Release) summary(e Event, who string) string {
 	return fmt.Sprintf("%s from %s to %s answered after %s, %s after the server idle-closed a sibling connection (%s): "+
 		"server workers held by idle persistent connections",
-		what(d.Phase), who, e.Server, human(d.Stalled), human(d.AfterClose), d.Sibling)
+		what(d.Phase), who, e.Server, humanize.Duration(d.Stalled), humanize.Duration(d.AfterClose), d.Sibling)
 }
 
 func (d *Race) summary(e Event, who string) string {
-	return fmt.Sprintf("idle-close race %s on %s to %s (idle %s)", d.RaceKind, who, e.Server, human(d.IdleAge))
+	return fmt.Sprintf("idle-close race %s on %s to %s (idle %s)", d.RaceKind, who, e.Server, humanize.Duration(d.IdleAge))
 }
 
 func (d *TLSAlert) summary(e Event, who string) string {
@@ -320,18 +321,4 @@ func (e Event) String() string {
 		return strings.TrimSpace(fmt.Sprint(e.Time, " ", e.Server, " ", e.ClientAddrString()))
 	}
 	return e.Summary()
-}
-
-// human writes a duration the way the one-line diagnosis does: 41 ms,
-// 10 s, 293.3 s.
-func human(d time.Duration) string {
-	s := seconds(d)
-	switch {
-	case s < 1:
-		return fmt.Sprintf("%.0f ms", s*1000)
-	case s < 60:
-		return fmt.Sprintf("%.3g s", s)
-	default:
-		return fmt.Sprintf("%.1f s", s)
-	}
 }

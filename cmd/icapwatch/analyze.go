@@ -15,6 +15,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/icapwatch/icapwatch/agent/analyze"
 	"github.com/icapwatch/icapwatch/agent/correlate"
+	"github.com/icapwatch/icapwatch/internal/humanize"
 )
 
 // analyzeCmd is `icapwatch analyze FILE`: the diagnosis from a capture.
@@ -236,10 +237,10 @@ type timed struct {
 // exchangeLine says what an exchange, or a run of them, took.
 func exchangeLine(x analyze.Exchange) string {
 	if x.Count <= 1 {
-		return fmt.Sprintf("%s answered after %s", phaseWords(x.Phase, 1), dur(x.Gap))
+		return fmt.Sprintf("%s answered after %s", phaseWords(x.Phase, 1), humanize.Precise(x.Gap))
 	}
 	return fmt.Sprintf("%d %s over %s (to %s), answered after %s to %s", x.Count, phaseWords(x.Phase, x.Count),
-		dur(x.Span), x.Start.Add(x.Span).UTC().Format("15:04:05.000"), dur(x.Gap), dur(x.MaxGap))
+		humanize.Precise(x.Span), x.Start.Add(x.Span).UTC().Format("15:04:05.000"), humanize.Precise(x.Gap), humanize.Precise(x.MaxGap))
 }
 
 // phaseWords names n exchanges of a phase as the events do.
@@ -261,18 +262,7 @@ func pct(sorted []time.Duration, p int) string {
 	}
 	i := (len(sorted)*p + 99) / 100
 	i = min(max(i, 1), len(sorted))
-	return dur(sorted[i-1])
-}
-
-// dur rounds a gap for people: microseconds below a millisecond.
-func dur(d time.Duration) string {
-	switch {
-	case d < time.Millisecond:
-		return d.Round(time.Microsecond).String()
-	case d < time.Second:
-		return d.Round(100 * time.Microsecond).String()
-	}
-	return d.Round(time.Millisecond).String()
+	return humanize.Precise(sorted[i-1])
 }
 
 func sortedKeys[V any](m map[string]V) []string {

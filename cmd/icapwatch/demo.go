@@ -21,6 +21,7 @@ import (
 	"github.com/icapwatch/icapwatch/agent"
 	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/icap"
+	"github.com/icapwatch/icapwatch/internal/humanize"
 	"github.com/icapwatch/icapwatch/internal/workload"
 )
 
@@ -245,7 +246,7 @@ func writeSummary(w io.Writer, servers []correlate.ServerTally, source string) {
 	for _, s := range servers {
 		mean := "-"
 		if s.Answered > 0 {
-			mean = s.MeanGap().Round(time.Millisecond).String()
+			mean = humanize.Precise(s.MeanGap())
 		}
 		alerts := strconv.Itoa(s.TLSAlerts)
 		if sockDiag {
