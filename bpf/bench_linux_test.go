@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/icapwatch/icapwatch/bpf/bpftest"
 	"golang.org/x/sys/unix"
 )
 
@@ -191,19 +192,21 @@ func listen(b *testing.B, serve func(net.Conn)) net.Listener {
 func BenchmarkClassifierRun(b *testing.B) {
 	p := loadForRun(b, OutputPerf)
 	empty := returnOnly(b)
-	unwatched := segment{cli4, netip.MustParseAddrPort("192.0.2.2:443"), 1, 1, fACK | fPSH, tlsRecord(0x17, 100)}
-	watched := segment{cli4, srv4, 1, 1, fACK, nil} // an ACK on a known flow: no event
+	unwatched := bpftest.Segment{Src: bpftest.Cli4, Dst: netip.MustParseAddrPort("192.0.2.2:443"), Seq: 1, Ack: 1,
+		Flags: bpftest.ACK | bpftest.PSH, Payload: bpftest.TLSRecord(0x17, 100)}
+	// An ACK on a known flow: no event.
+	watched := bpftest.Segment{Src: bpftest.Cli4, Dst: bpftest.Srv4, Seq: 1, Ack: 1, Flags: bpftest.ACK}
 	for _, c := range []struct {
 		name string
 		prog *ebpf.Program
-		seg  segment
+		seg  bpftest.Segment
 	}{
 		{"return_only", empty, unwatched},
 		{"unwatched", p.objs.IcapwatchEgress, unwatched},
 		{"watched_no_event", p.objs.IcapwatchEgress, watched},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			_, per, err := c.prog.Benchmark(c.seg.frame(), b.N, nil)
+			_, per, err := c.prog.Benchmark(c.seg.Frame(), b.N, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -46,7 +46,7 @@ func Check(cfg Config) Report {
 
 	cfg.Interfaces = []string{"lo"}
 	cfg.attachLoopbackIngress = true
-	p, kprobes, err := load(cfg)
+	p, err := Load(cfg)
 	if err != nil {
 		// The verifier's log follows the first line; the lines of each
 		// program below end with its last.
@@ -56,7 +56,7 @@ func Check(cfg Config) Report {
 		return r
 	}
 	r.Output = p.Output()
-	attachErr := p.attach(cfg, kprobes)
+	attachErr := p.attach(cfg)
 	r.Hooks = p.Hooks()
 	for _, h := range r.Hooks {
 		if h.Name == HookTCIngress && h.Mode != "" {

@@ -23,15 +23,17 @@ type loadOptions struct {
 	edit func(*ebpf.CollectionSpec, *icapwatchSpecs)
 }
 
-// load prepares the kernel side without attaching anything: Program.Run
-// tests use it as it is.
-func load(cfg Config) (p *Probe, kprobes bool, err error) {
+// Load loads the programs, configures them and opens the event buffer,
+// and attaches nothing: Open is Load, then the hooks. The programs of a
+// loaded probe see no traffic; a test hands frames to the classifier with
+// RunClassifier.
+func Load(cfg Config) (*Probe, error) {
 	return loadWith(cfg, loadOptions{})
 }
 
-func loadWith(cfg Config, opts loadOptions) (p *Probe, kprobes bool, err error) {
+func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -54,7 +56,7 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, kprobes bool, err error) 
 	}
 	root, mounted, err := ensureTracefs()
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	if mounted {
 		p.unmount = root
@@ -62,9 +64,9 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, kprobes bool, err error) 
 	}
 	settings, err := tracepointSettings(root)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	kprobes = cfg.Kprobes != KprobesOff
+	kprobes := cfg.Kprobes != KprobesOff
 	if kprobes && !opts.verifyKprobes {
 		if reason := kprobeSettings(&settings); reason != "" {
 			kprobes = false
@@ -123,17 +125,18 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, kprobes bool, err error) 
 	}
 	if err != nil {
 		// The last attempt is the baseline: its error is what stops us.
-		return nil, false, loadError(err, memlockErr)
+		return nil, loadError(err, memlockErr)
 	}
+	p.kprobes = kprobes
 	if err := p.configure(cfg, settings); err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	if err := p.openReader(cfg); err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	p.wallOff = wallOffset()
 	p.poll = cfg.Poll
-	return p, kprobes, nil
+	return p, nil
 }
 
 // objects are the loaded maps and programs, in bpf2go's types. The perf

@@ -32,12 +32,12 @@ func TestKprobeProgramsVerify(t *testing.T) {
 		t.Run(output, func(t *testing.T) {
 			cfg := DefaultConfig()
 			cfg.Output = output
-			p, kprobes, err := loadWith(cfg, loadOptions{verifyKprobes: true})
+			p, err := loadWith(cfg, loadOptions{verifyKprobes: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer p.Close()
-			if !kprobes {
+			if !p.kprobes {
 				t.Fatalf("kprobe programs not loaded: %+v", p.Hooks())
 			}
 			for name, prog := range map[string]*ebpf.Program{
@@ -78,12 +78,12 @@ func TestLoadFallsBack(t *testing.T) {
 		}
 		cfg := DefaultConfig()
 		cfg.Output = OutputPerf
-		p, kprobes, err := loadWith(cfg, loadOptions{verifyKprobes: true, edit: breakPrograms(isKprobe)})
+		p, err := loadWith(cfg, loadOptions{verifyKprobes: true, edit: breakPrograms(isKprobe)})
 		if err != nil {
 			t.Fatalf("a refused kprobe program failed the load: %v", err)
 		}
 		defer p.Close()
-		if kprobes || p.objs.IcapwatchSendmsg != nil {
+		if p.kprobes || p.objs.IcapwatchSendmsg != nil {
 			t.Fatal("kprobes reported loaded")
 		}
 		for _, want := range []string{HookSendmsg, HookCleanupRbuf} {
@@ -110,7 +110,7 @@ func TestLoadFallsBack(t *testing.T) {
 		}
 		cfg := DefaultConfig()
 		cfg.Kprobes = KprobesOff
-		p, _, err := loadWith(cfg, loadOptions{edit: badRing})
+		p, err := loadWith(cfg, loadOptions{edit: badRing})
 		if err != nil {
 			t.Fatalf("a refused ring buffer failed the load: %v", err)
 		}
@@ -120,7 +120,7 @@ func TestLoadFallsBack(t *testing.T) {
 		}
 		// An explicit choice is not second-guessed.
 		cfg.Output = OutputRing
-		if p, _, err := loadWith(cfg, loadOptions{edit: badRing}); err == nil {
+		if p, err := loadWith(cfg, loadOptions{edit: badRing}); err == nil {
 			p.Close()
 			t.Error("--output ringbuf fell back to perf")
 		}
@@ -128,7 +128,7 @@ func TestLoadFallsBack(t *testing.T) {
 	t.Run("baseline", func(t *testing.T) {
 		cfg := DefaultConfig()
 		isIngress := func(p *ebpf.ProgramSpec, specs *icapwatchSpecs) bool { return p == specs.IcapwatchIngress }
-		_, _, err := loadWith(cfg, loadOptions{edit: breakPrograms(isIngress)})
+		_, err := loadWith(cfg, loadOptions{edit: breakPrograms(isIngress)})
 		if err == nil || !strings.Contains(err.Error(), "verifier") {
 			t.Errorf("a refused baseline program: error %v, want the verifier's", err)
 		}

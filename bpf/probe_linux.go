@@ -20,6 +20,7 @@ import (
 type Probe struct {
 	log     hclog.Logger
 	objs    *objects
+	kprobes bool // the kprobe programs are loaded
 	tc      *tcAttacher
 	links   []link.Link
 	perf    *perf.Reader
@@ -49,18 +50,18 @@ type Probe struct {
 // Open loads the programs, attaches them and starts the event buffer.
 // Optional hooks that fail are reported by Hooks, not returned.
 func Open(cfg Config) (p *Probe, err error) {
-	p, kprobes, err := load(cfg)
+	p, err = Load(cfg)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.attach(cfg, kprobes); err != nil {
+	if err := p.attach(cfg); err != nil {
 		p.Close()
 		return nil, err
 	}
 	return p, nil
 }
 
-func (p *Probe) attach(cfg Config, kprobes bool) error {
+func (p *Probe) attach(cfg Config) error {
 	tc, err := newTCAttacher(cfg, p.objs.IcapwatchIngress, p.objs.IcapwatchEgress, p.log.Named("tc"))
 	if err != nil {
 		return err
@@ -82,7 +83,7 @@ func (p *Probe) attach(cfg Config, kprobes bool) error {
 		p.links = append(p.links, l)
 		p.addHook(HookStatus{Name: tp.hook, Attached: true, Mode: "perf_event"})
 	}
-	if !kprobes {
+	if !p.kprobes {
 		return nil
 	}
 	for _, kp := range []struct {
@@ -103,6 +104,19 @@ func (p *Probe) attach(cfg Config, kprobes bool) error {
 		p.addHook(st)
 	}
 	return nil
+}
+
+// RunClassifier runs one Ethernet frame through the TC program of the
+// egress or the ingress hook with BPF_PROG_TEST_RUN, as if that hook had
+// seen it (the kernel runs it on loopback, ifindex 1), and returns the
+// program's verdict. Its events go to the buffer like those of hooked
+// traffic. Tests drive the classifier this way, on a probe from Load.
+func (p *Probe) RunClassifier(egress bool, frame []byte) (uint32, error) {
+	prog := p.objs.IcapwatchIngress
+	if egress {
+		prog = p.objs.IcapwatchEgress
+	}
+	return prog.Run(&ebpf.RunOptions{Data: frame})
 }
 
 // Output says which buffer carries the events: perf or ringbuf.
