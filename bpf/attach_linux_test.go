@@ -331,14 +331,14 @@ func checkConnection(t *testing.T, evs []Event, traces []*icap.Trace) {
 	var clientClose bool
 	for i, ev := range evs {
 		switch {
-		case ev.Type == EventState && ev.OldState == TCPSynSent && ev.NewState == TCPEstablished:
+		case ev.Type == evState && ev.OldState == tcpSynSent && ev.NewState == tcpEstablished:
 			synSent = &evs[i]
-		case ev.Type == EventExchangeStart && ev.Phase == PhaseRequest:
+		case ev.Type == evExchangeStart && ev.Phase == phaseRequest:
 			requests = append(requests, []Event{ev})
-		case (ev.Type == EventFIN || ev.Type == EventRST) && ev.Dir == ToServer:
+		case (ev.Type == evFIN || ev.Type == evRST) && ev.Dir == dirToServer:
 			// A close with unread bytes (a late session ticket) is a reset.
 			clientClose = true
-		case len(requests) > 0 && (ev.Type == EventAcked || ev.Type == EventAnswer):
+		case len(requests) > 0 && (ev.Type == evAcked || ev.Type == evAnswer):
 			requests[len(requests)-1] = append(requests[len(requests)-1], ev)
 		}
 	}
@@ -354,10 +354,10 @@ func checkConnection(t *testing.T, evs []Event, traces []*icap.Trace) {
 	for i, ex := range requests {
 		var acked, answer *Event
 		for j := range ex {
-			if ex[j].Type == EventAcked && acked == nil {
+			if ex[j].Type == evAcked && acked == nil {
 				acked = &ex[j]
 			}
-			if ex[j].Type == EventAnswer && answer == nil {
+			if ex[j].Type == evAnswer && answer == nil {
 				answer = &ex[j]
 			}
 		}
@@ -479,7 +479,7 @@ func TestTwoProbesShareAnInterface(t *testing.T) {
 	requests := func(evs []Event) int {
 		n := 0
 		for _, ev := range evs {
-			if ev.Client == local && ev.Type == EventExchangeStart && ev.Phase == PhaseRequest {
+			if ev.Client == local && ev.Type == evExchangeStart && ev.Phase == phaseRequest {
 				n++
 			}
 		}

@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -133,12 +134,35 @@ func describe(events []Event) string {
 	return s
 }
 
+// describeOne prints an event for a test's failure, with the names of the
+// C enums.
 func describeOne(e Event) string {
-	if e.Type == EventState {
-		return fmt.Sprintf("state %s->%s pid %d %q %s -> %s", e.OldState, e.NewState, e.PID, e.Comm, e.Client, e.Server)
+	if e.Type == evState {
+		return fmt.Sprintf("state %d->%d pid %d %q %s -> %s", e.OldState, e.NewState, e.PID, e.Comm, e.Client, e.Server)
 	}
-	return e.Type.String() + " " + e.Dir.String() + " " + e.Phase.String() + " [" + e.Flags.String() + "] " +
-		e.Client.String() + " -> " + e.Server.String()
+	enums, _ := KernelEnums() // without them, the names are numbers
+	name := func(enum string, v uint64) string {
+		for n, x := range enums[enum] {
+			if x == v {
+				return n
+			}
+		}
+		return fmt.Sprintf("%s(%d)", enum, v)
+	}
+	var flags []string
+	rest := uint64(e.Flags)
+	for n, bit := range enums["event_flag"] {
+		if rest&bit != 0 {
+			flags = append(flags, n)
+			rest &^= bit
+		}
+	}
+	slices.Sort(flags)
+	if rest != 0 {
+		flags = append(flags, fmt.Sprintf("%#x", rest))
+	}
+	return fmt.Sprintf("%s %s %s [%s] %s -> %s", name("event_type", uint64(e.Type)), name("direction", uint64(e.Dir)),
+		name("phase", uint64(e.Phase)), strings.Join(flags, "|"), e.Client, e.Server)
 }
 
 // TestHeldRecordKeepsItsTime: a request that starts with a 19-byte record
@@ -161,7 +185,7 @@ func TestHeldRecordKeepsItsTime(t *testing.T) {
 		}
 	}
 	got := drain(t, p)
-	if len(got) != 1 || got[0].Type != EventExchangeStart {
+	if len(got) != 1 || got[0].Type != evExchangeStart {
 		t.Fatalf("got %s", describe(got))
 	}
 	if got[0].Mono > before {

@@ -5,30 +5,92 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+
+	"github.com/cilium/ebpf/btf"
 )
 
-// The hand-written decoder and constants follow the C definitions that
-// bpf2go turned into Go.
-func TestLayoutMatchesC(t *testing.T) {
-	if n := binary.Size(icapwatchEvent{}); n != EventSize {
-		t.Errorf("struct event is %d bytes, EventSize %d", n, EventSize)
+// TestEventLayout: DecodeEvent reads every member of struct event where
+// the compiled baseline object has it, at the member's size, and nothing
+// else.
+func TestEventLayout(t *testing.T) {
+	// What the decoder reads: the offset constant it reads through, and
+	// how many bytes it reads there.
+	decoder := map[string]struct{ off, size int }{
+		"ts_ns":       {offTsNs, 8},
+		"ref_ns":      {offRefNs, 8},
+		"skaddr":      {offSkaddr, 8},
+		"client":      {offClient, addrLen},
+		"server":      {offServer, addrLen},
+		"client_port": {offClientPort, 2},
+		"server_port": {offServerPort, 2},
+		"family":      {offFamily, 1},
+		"type":        {offType, 1},
+		"dir":         {offDir, 1},
+		"hook":        {offHook, 1},
+		"flags":       {offFlags, 4},
+		"ifindex":     {offIfindex, 4},
+		"seq":         {offSeq, 4},
+		"ack":         {offAck, 4},
+		"len":         {offLen, 4},
+		"bytes":       {offBytes, 4},
+		"record_type": {offRecordType, 1},
+		"phase":       {offPhase, 1},
+		"record_len":  {offRecordLen, 2},
+		"old_state":   {offOldState, 4},
+		"new_state":   {offNewState, 4},
+		"pid":         {offPid, 4},
+		"comm":        {offComm, commLen},
 	}
-	for _, c := range []struct {
-		got, want uint32
-		name      string
-	}{
-		{uint32(EventTCPRetransmit), uint32(icapwatchEventTypeEV_TCP_RETRANSMIT), "EV_TCP_RETRANSMIT"},
-		{uint32(EventAppRead), uint32(icapwatchEventTypeEV_APP_READ), "EV_APP_READ"},
-		{uint32(FlagPlain), uint32(icapwatchEventFlagEVF_PLAIN), "EVF_PLAIN"},
-		{uint32(FlagAfterTicket), uint32(icapwatchEventFlagEVF_AFTER_TICKET), "EVF_AFTER_TICKET"},
-		{uint32(HookKprobe), uint32(icapwatchHookHOOK_KPROBE), "HOOK_KPROBE"},
-		{uint32(PhaseRequest), uint32(icapwatchPhasePHASE_REQUEST), "PHASE_REQUEST"},
-		{uint32(ToClient), uint32(icapwatchDirectionDIR_TO_CLIENT), "DIR_TO_CLIENT"},
-		{uint32(len((&Stats{}).counters())), uint32(icapwatchCounterCNT_MAX), "CNT_MAX (Stats fields)"},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s: Go %d, C %d", c.name, c.got, c.want)
+	spec, err := loadIcapwatch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var event *btf.Struct
+	if err := spec.Types.TypeByName("event", &event); err != nil {
+		t.Fatal(err)
+	}
+	if event.Size != EventSize {
+		t.Errorf("struct event is %d bytes, EventSize %d", event.Size, EventSize)
+	}
+	if n := binary.Size(icapwatchEvent{}); n != EventSize {
+		t.Errorf("bpf2go's icapwatchEvent is %d bytes, EventSize %d", n, EventSize)
+	}
+	seen := map[string]bool{}
+	for _, m := range event.Members {
+		seen[m.Name] = true
+		d, ok := decoder[m.Name]
+		if !ok {
+			t.Errorf("struct event.%s: the decoder does not read it", m.Name)
+			continue
 		}
+		size, err := btf.Sizeof(m.Type)
+		if err != nil {
+			t.Fatalf("struct event.%s: %v", m.Name, err)
+		}
+		if m.BitfieldSize != 0 || m.Offset%8 != 0 {
+			t.Errorf("struct event.%s: a bit field, which the decoder cannot read", m.Name)
+		}
+		if off := int(m.Offset / 8); off != d.off || size != d.size {
+			t.Errorf("struct event.%s: %d bytes at offset %d in the object, the decoder reads %d at %d",
+				m.Name, size, off, d.size, d.off)
+		}
+	}
+	for name := range decoder {
+		if !seen[name] {
+			t.Errorf("the decoder reads %s, which struct event does not have", name)
+		}
+	}
+}
+
+// TestCountersMatchC: Stats has a field of its own for every kernel
+// counter (there are CNT_MAX).
+func TestCountersMatchC(t *testing.T) {
+	seen := map[*uint64]bool{}
+	for i, f := range (&Stats{}).counters() {
+		if f == nil || seen[f] {
+			t.Errorf("counter %d of enum counter has no Stats field of its own", i)
+		}
+		seen[f] = true
 	}
 }
 

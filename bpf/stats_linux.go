@@ -7,11 +7,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// counters are the fields the kernel's counters fill, in the order of
-// enum counter.
-func (s *Stats) counters() []*uint64 {
-	return []*uint64{&s.Watched, &s.Duplicates, &s.Malformed, &s.FlowsCreated,
-		&s.FlowsDeleted, &s.FlowsFull, &s.Events, &s.EventsLost, &s.Tracepoint, &s.Kprobe}
+// counters are the fields the kernel's counters fill, indexed by enum
+// counter.
+func (s *Stats) counters() [icapwatchCounterCNT_MAX]*uint64 {
+	return [icapwatchCounterCNT_MAX]*uint64{
+		icapwatchCounterCNT_WATCHED:       &s.Watched,
+		icapwatchCounterCNT_DUPLICATE:     &s.Duplicates,
+		icapwatchCounterCNT_MALFORMED:     &s.Malformed,
+		icapwatchCounterCNT_FLOWS_CREATED: &s.FlowsCreated,
+		icapwatchCounterCNT_FLOWS_DELETED: &s.FlowsDeleted,
+		icapwatchCounterCNT_FLOW_FULL:     &s.FlowsFull,
+		icapwatchCounterCNT_EVENTS:        &s.Events,
+		icapwatchCounterCNT_EVENTS_LOST:   &s.EventsLost,
+		icapwatchCounterCNT_TRACEPOINT:    &s.Tracepoint,
+		icapwatchCounterCNT_KPROBE:        &s.Kprobe,
+	}
 }
 
 // Stats reads the kernel counters. With countFlows it also counts the
