@@ -149,14 +149,13 @@ type objects struct {
 
 // loadObjects loads one variant of the object.
 //
-// It loads a collection and then takes the maps and programs into objects
-// by their ebpf tags, instead of LoadAndAssign into bpf2go's
-// icapwatchObjects: LoadAndAssign loads every object the struct names and
-// fails on one the spec lacks, and a load leaves out exported_types (it
-// only carries the enum types into the BTF) and, without kprobes, the
-// kprobe programs. Taking what is there keeps one struct for every load,
-// with nil where a load left something out. The maps objects does not
-// hold (those only the programs use) stay alive as long as the programs.
+// It loads a collection and takes its maps and programs into objects by
+// their ebpf tags. LoadAndAssign into bpf2go's icapwatchObjects would be
+// shorter, but it loads every object the struct names and fails on one the
+// spec lacks, and a load leaves some out: exported_types always (it only
+// carries the enum types into the BTF), the kprobe programs when it runs
+// without them. Taking what is there keeps one struct for every load, with
+// nil where the load left something out.
 func loadObjects(cfg Config, output string, kprobes bool, edit func(*ebpf.CollectionSpec, *icapwatchSpecs)) (*objects, error) {
 	spec, specs, err := loadSpec(output)
 	if err != nil {
@@ -180,7 +179,7 @@ func loadObjects(cfg Config, output string, kprobes bool, edit func(*ebpf.Collec
 	if err != nil {
 		return nil, err
 	}
-	defer coll.Close() // what objects did not take
+	defer coll.Close() // whatever objects did not take
 	o := &objects{}
 	for _, s := range []any{&o.icapwatchPrograms, &o.icapwatchMaps} {
 		v := reflect.ValueOf(s).Elem()

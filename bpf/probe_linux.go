@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Probe is the loaded and attached kernel side. Read its events with
-// Read; Close detaches everything it attached.
+// Probe is the kernel side: loaded by Load, loaded and attached by Open.
+// Read its events with Read; Close detaches everything it attached.
 type Probe struct {
 	log     hclog.Logger
 	objs    *objects
