@@ -90,6 +90,9 @@ func DefaultDaemonConfig() DaemonConfig {
 	}
 }
 
+// MaxEventsKeep bounds --events.keep: the ring is allocated at start.
+const MaxEventsKeep = 100000
+
 // Validate names the flag whose value is wrong.
 func (c DaemonConfig) Validate() error {
 	if len(c.Ports) == 0 {
@@ -125,12 +128,17 @@ func (c DaemonConfig) Validate() error {
 	if c.Canary.MaxIdle <= 0 {
 		return errors.New("--canary.max-idle: must be positive")
 	}
-	if c.EventsKeep < 1 {
-		return fmt.Errorf("--events.keep: %d is below 1", c.EventsKeep)
+	if c.EventsKeep < 1 || c.EventsKeep > MaxEventsKeep {
+		return fmt.Errorf("--events.keep: %d is not from 1 to %d", c.EventsKeep, MaxEventsKeep)
 	}
 	if c.Canary.CA != "" {
-		if _, err := os.Stat(c.Canary.CA); err != nil {
+		if _, err := icap.LoadCAFile(c.Canary.CA); err != nil {
 			return fmt.Errorf("--canary.ca: %w", err)
+		}
+	}
+	for _, name := range c.Interfaces {
+		if _, err := net.InterfaceByName(name); err != nil {
+			return fmt.Errorf("--interfaces: no interface %q on this host (ip link lists them)", name)
 		}
 	}
 	return c.Web.Validate()
@@ -198,7 +206,13 @@ func (d *Daemon) onEvent(e correlate.Event) {
 	d.next = (d.next + 1) % len(d.events)
 	d.full = d.full || d.next == 0
 	countEvent(d.m, e)
-	d.log.Info(string(e.Kind()), e.LogArgs()...)
+	// An ordinary close is routine: thousands an hour on a busy host. A
+	// close with a request open, and every other event, is news.
+	level := hclog.Info
+	if cl, ok := e.Detail.(*correlate.Close); ok && !cl.OpenExchange {
+		level = hclog.Debug
+	}
+	d.log.Log(level, string(e.Kind()), e.LogArgs()...)
 	if d.cfg.OnEvent != nil {
 		d.cfg.OnEvent(e)
 	}

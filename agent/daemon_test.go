@@ -1,11 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/agent/observe"
 )
@@ -59,5 +62,29 @@ func TestKernelFlowsFollowMaxFlows(t *testing.T) {
 		if got := kernelFlows(tc.maxFlows); got != tc.want {
 			t.Errorf("kernelFlows(%d) = %d, want %d", tc.maxFlows, got, tc.want)
 		}
+	}
+}
+
+// Ordinary closes are logged at debug: a busy host closes thousands of
+// connections an hour. A close with a request open stays at info.
+func TestOrdinaryClosesLogAtDebug(t *testing.T) {
+	var logs bytes.Buffer
+	cfg := DefaultDaemonConfig()
+	cfg.Web.ListenAddress = "127.0.0.1:0"
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
+	d, err := NewDaemon(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := netip.MustParseAddrPort("192.0.2.9:40000")
+	for _, open := range []bool{false, true} {
+		d.onEvent(correlate.Event{Time: time.Now(), Server: "192.0.2.1:11344", ClientAddr: client, Client: "scanapp",
+			Detail: &correlate.Close{Initiator: "server", How: "fin", OpenExchange: open}})
+	}
+	if n := strings.Count(logs.String(), "\n"); n != 1 || !strings.Contains(logs.String(), "open_exchange=true") {
+		t.Errorf("want only the close with an open exchange at info:\n%s", logs.String())
+	}
+	if got := len(d.recent()); got != 2 {
+		t.Errorf("the API keeps %d events, want both", got)
 	}
 }

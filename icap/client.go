@@ -171,17 +171,27 @@ func clientTLS(cfg Config, t Target) (*tls.Config, error) {
 	}
 	tc.InsecureSkipVerify = cfg.Insecure
 	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
+		roots, err := LoadCAFile(cfg.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("read CA file: %w", err)
-		}
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA file %s holds no PEM certificate", cfg.CAFile)
+			return nil, err
 		}
 		tc.RootCAs = roots
 	}
 	return tc, nil
+}
+
+// LoadCAFile reads a PEM file of CA certificates; a file that holds none
+// is an error, not an empty pool that would fail every handshake later.
+func LoadCAFile(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read CA file: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CA file %s holds no PEM certificate", path)
+	}
+	return roots, nil
 }
 
 // Target returns the parsed target.
