@@ -17,7 +17,7 @@ func kernelObservation(e bpf.Event) observe.Observation {
 		Dir:  observe.Direction(e.Dir), Phase: observe.Phase(e.Phase), Flags: observe.Flags(e.Flags),
 		Seq: e.Seq, Ack: e.Ack, Len: e.Len, Bytes: e.Bytes,
 		OldState: observe.TCPState(e.OldState), NewState: observe.TCPState(e.NewState),
-		PID: e.PID, Comm: e.Comm, Sock: e.Sock,
+		PID: e.PID, Comm: observe.Printable(e.Comm), Sock: e.Sock,
 	}
 	if e.RefMono != 0 {
 		o.Ref = e.Time.Add(e.RefMono - e.Mono)

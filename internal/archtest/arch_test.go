@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/icapwatch/icapwatch/internal/testutil"
 )
 
 const module = "github.com/icapwatch/icapwatch"
@@ -19,22 +21,53 @@ type rule struct {
 	why    string
 }
 
-// rules is the module's layering, one rule a line. Extend it as packages
-// reach their place; the rules to come:
-//   - agent/observe and agent/correlate import neither github.com/prometheus/...
-//     nor the agent package itself.
+// rules is the module's layering, one rule a line: the data flow runs
+// kernel and captures → observe → correlate → exporter, and nothing
+// points back.
 var rules = []rule{
 	{
 		pkgs: module + "/bpf/...", tests: true,
 		forbid: []string{module + "/agent/..."},
 		why:    "the kernel side knows nothing of the agent: the agent converts bpf's events into its model",
 	},
+	{
+		pkgs: module + "/agent/observe", tests: true,
+		forbid: []string{module + "/agent", module + "/agent/correlate", module + "/bpf/...", module + "/exporter/...",
+			"github.com/prometheus/..."},
+		why: "the event model is the standard library's only: every source speaks it without the rest",
+	},
+	{
+		pkgs: module + "/agent/correlate", tests: true,
+		forbid: []string{module + "/agent", module + "/agent/analyze", module + "/agent/wire", module + "/bpf/...",
+			module + "/exporter/...", module + "/icap/...", "github.com/prometheus/..."},
+		why: "the correlator is pure: no I/O, no Prometheus, no source; the daemon and analyze drive it",
+	},
+	{
+		pkgs: module + "/agent/wire", tests: true,
+		forbid: []string{module + "/agent", module + "/agent/correlate", module + "/bpf/...", "github.com/prometheus/..."},
+		why: "the capture parser only speaks the event model",
+	},
+	{
+		pkgs: module + "/agent/analyze", tests: true,
+		forbid: []string{module + "/agent", module + "/bpf/...", module + "/exporter/...", "github.com/prometheus/..."},
+		why: "offline analysis runs the correlator on a capture, without the daemon, the kernel or Prometheus",
+	},
+	{
+		pkgs: module + "/exporter/...", tests: true,
+		forbid: []string{module + "/agent/...", module + "/bpf/..."},
+		why: "the exporter defines and serves metrics; the agent feeds it",
+	},
+	{
+		pkgs: module + "/icap/...", tests: true,
+		forbid: []string{module + "/agent/...", module + "/bpf/...", module + "/exporter/..."},
+		why: "the ICAP package stands alone: the canary and the lab use it",
+	},
 }
 
 func TestImportRules(t *testing.T) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		t.Skipf("the go command is not on PATH: %v", err)
+		testutil.SkipOrFail(t, "the go command is not on PATH: %v", err)
 	}
 	for _, r := range rules {
 		t.Run(r.pkgs, func(t *testing.T) {
