@@ -693,7 +693,9 @@ func (c *Correlator) state(f *flow, o observe.Observation) {
 	if f.lastData.IsZero() && !o.Ref.IsZero() {
 		f.lastData = o.Ref // a flow found by sock_diag, with its last data time
 	}
-	if o.PID != 0 && f.pid == 0 && f.client != ClientCanary {
+	// The client is the process that owns the client end: on loopback the
+	// server's process owns the other end of the same flow.
+	if o.PID != 0 && f.pid == 0 && f.client != ClientCanary && o.Dir == observe.ToServer {
 		f.pid = o.PID
 		if o.Comm != "" {
 			c.relabel(f, o.Comm)

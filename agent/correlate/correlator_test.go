@@ -677,3 +677,16 @@ func TestAdvanceStallsAtTheThreshold(t *testing.T) {
 		t.Errorf("after a quiet day: %d events, the last at %v; want C's stall at 21 s", n, h.events[n-1].Time)
 	}
 }
+
+// The client of a flow is the process that owns its client end: on
+// loopback the server's process owns the other end, and says so first.
+func TestOwnerIsTheClientEnd(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.State, flowA, 0, fromServer, state(0, observe.TCPEstablished), owner(9, "c-icap"))
+	h.obs(observe.State, flowA, 0.1, fromClient, state(0, observe.TCPEstablished), owner(7, "squid"))
+	h.obs(observe.ExchangeStart, flowA, 1).sweep(11)
+	if e := h.events[0]; e.Client != "squid" || e.PID != 7 {
+		t.Errorf("stall of %s (pid %d), want squid (pid 7)", e.Client, e.PID)
+	}
+	h.wantMetric("connections", 1, srvA.String(), "squid", "established")
+}
