@@ -155,6 +155,9 @@ type Analysis struct {
 	// whose frames were passed over ("220 (USB)").
 	OtherLinks []string
 	Open       []correlate.OpenExchange // exchanges still open at the end of the capture
+	// MaxFlows is the flow limit the connections were followed under:
+	// past it the least recently seen were evicted (Wire.Evictions).
+	MaxFlows int
 	// Err is the damage that ended reading early, if any: what came
 	// before it is analyzed.
 	Err error
@@ -163,7 +166,7 @@ type Analysis struct {
 // Analyze runs a capture through the same rules as the kernel and the
 // same correlator as the agent, on the capture's clock.
 func Run(r io.Reader, cfg Config) (Analysis, error) {
-	a := Analysis{Gaps: map[GapKey][]time.Duration{}, Timelines: map[ConnKey]*Timeline{}}
+	a := Analysis{Gaps: map[GapKey][]time.Duration{}, Timelines: map[ConnKey]*Timeline{}, MaxFlows: cfg.Correlator.MaxFlows}
 	capture, err := wire.OpenCapture(r)
 	if err != nil {
 		return a, err

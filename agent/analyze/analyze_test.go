@@ -432,3 +432,22 @@ func clientPayload(b []byte) bool {
 	tcpLen := int(ip[ihl+12]>>4) * 4
 	return int(binary.BigEndian.Uint16(ip[2:])) > ihl+tcpLen
 }
+
+// Past max-flows the least recently seen connection is evicted and
+// counted; the flows held stay within the limit.
+func TestAnalyzeEvictsAtMaxFlows(t *testing.T) {
+	const conns, limit = 3000, 1000
+	cfg := Config{Ports: []uint16{11344}, Correlator: correlate.DefaultConfig()}
+	cfg.Correlator.MaxFlows = limit
+	a, err := Run(bytes.NewReader(openConns(t, conns)), cfg)
+	if err != nil || a.Err != nil {
+		t.Fatal(err, a.Err)
+	}
+	if a.Wire.Evictions != conns-limit || a.Wire.Flows != limit || a.MaxFlows != limit {
+		t.Errorf("%d evictions, %d flows, limit %d; want %d, %d, %d", a.Wire.Evictions, a.Wire.Flows, a.MaxFlows, conns-limit, limit, limit)
+	}
+	// Each connection's one exchange came before it was evicted.
+	if n := len(a.Gaps[GapKey{"192.0.2.1:11344", "request"}]); n != conns {
+		t.Errorf("%d request gaps, want %d", n, conns)
+	}
+}

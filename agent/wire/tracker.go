@@ -34,7 +34,11 @@ type Stats struct {
 	// Retransmits are segments (and SYNs) seen again on the interface
 	// that carried them first, or after it fell silent: not duplicates.
 	Retransmits uint64
-	Flows       int
+	// Evictions are flows dropped, the least recently seen first, to
+	// stay within the flow limit: what came after on them is read as a
+	// connection joined midstream.
+	Evictions uint64
+	Flows     int
 }
 
 const (
@@ -77,7 +81,16 @@ const (
 	tlsNo
 )
 
+// flow is one connection's state. A SYN from the client starts its
+// flowState afresh; the links keep it in the tracker's order.
 type flow struct {
+	// older and newer link the flows by last packet (see Tracker.recent).
+	older, newer *flow
+	key          observe.Flow
+	flowState
+}
+
+type flowState struct {
 	exStart, lastData, ackedAt, serverData time.Time
 	ownAt                                  [2]time.Time
 	pendAt                                 [2]time.Time
@@ -109,13 +122,22 @@ type Tracker struct {
 	ports    map[uint16]bool
 	maxFlows int
 	flows    map[observe.Flow]*flow
-	stats    Stats
+	// recent heads a ring of the flows by last packet, least recent
+	// first: at the limit the flow to evict is recent.newer, found
+	// without walking the table (a walk per new flow made a capture of
+	// many open connections quadratic).
+	recent flow
+	stats  Stats
+	// visits counts the flows that evict and gc looked at: the cost of
+	// keeping within the limit, held to a bound by a test.
+	visits uint64
 }
 
 // NewTracker watches the given server ports, keeping at most maxFlows
 // flows (the oldest go first, as from the kernel's LRU table).
 func NewTracker(ports []uint16, maxFlows int) *Tracker {
 	t := &Tracker{ports: map[uint16]bool{}, maxFlows: maxFlows, flows: map[observe.Flow]*flow{}}
+	t.recent.older, t.recent.newer = &t.recent, &t.recent
 	for _, p := range ports {
 		t.ports[p] = true
 	}
@@ -187,7 +209,8 @@ func (t *Tracker) Packet(p Packet, out func(observe.Observation)) {
 		if len(t.flows) >= t.maxFlows {
 			t.evict()
 		}
-		f = &flow{midstream: s.flags&thSYN == 0}
+		f = &flow{key: key}
+		f.midstream = s.flags&thSYN == 0
 		t.flows[key] = f
 	}
 	d := int(dir)
@@ -197,6 +220,7 @@ func (t *Tracker) Packet(p Packet, out func(observe.Observation)) {
 		return
 	}
 	f.own[d], f.ownAt[d] = owner, now
+	t.touch(f)
 	e := emitter{key: key, dir: dir, now: now, out: out}
 
 	if s.flags&thRST != 0 {
@@ -211,7 +235,7 @@ func (t *Tracker) Packet(p Packet, out func(observe.Observation)) {
 			return
 		}
 		if dir == observe.ToServer {
-			*f = flow{}
+			f.flowState = flowState{}
 			f.own[0], f.ownAt[0] = owner, now
 		}
 		f.hi[d], f.known[d] = s.seq+1, true
@@ -413,34 +437,52 @@ func (t *Tracker) flowFlags(f *flow) observe.Flags {
 	return fl
 }
 
+// touch moves f to the recent end of the flows' order, or puts it there.
+func (t *Tracker) touch(f *flow) {
+	if f.newer != nil {
+		f.older.newer, f.newer.older = f.newer, f.older
+	}
+	f.older, f.newer = t.recent.older, &t.recent
+	t.recent.older.newer, t.recent.older = f, f
+}
+
+// forget drops f from the table and the order.
+func (t *Tracker) forget(f *flow) {
+	f.older.newer, f.newer.older = f.newer, f.older
+	f.older, f.newer = nil, nil
+	delete(t.flows, f.key)
+}
+
 // gc forgets the flows that ended a while ago (the kernel's tracepoint
-// does this at the socket's CLOSE).
+// does this at the socket's CLOSE). It looks at the flows quiet for that
+// long only: the walk stops at the first flow heard from since.
 func (t *Tracker) gc(now time.Time) {
-	for k, f := range t.flows {
+	for f := t.recent.newer; f != &t.recent; {
+		t.visits++
+		next := f.newer
 		last := f.ownAt[0]
 		if f.ownAt[1].After(last) {
 			last = f.ownAt[1]
 		}
-		if (f.reset || f.fin[0] && f.fin[1]) && now.Sub(last) >= closedLinger {
-			delete(t.flows, k)
+		if now.Sub(last) < closedLinger {
+			return
 		}
+		if f.reset || f.fin[0] && f.fin[1] {
+			t.forget(f)
+		}
+		f = next
 	}
 }
 
 // evict drops the flow seen least recently.
 func (t *Tracker) evict() {
-	var oldest observe.Flow
-	var at time.Time
-	for k, f := range t.flows {
-		last := f.ownAt[0]
-		if f.ownAt[1].After(last) {
-			last = f.ownAt[1]
-		}
-		if at.IsZero() || last.Before(at) {
-			oldest, at = k, last
-		}
+	f := t.recent.newer
+	if f == &t.recent {
+		return
 	}
-	delete(t.flows, oldest)
+	t.visits++
+	t.forget(f)
+	t.stats.Evictions++
 }
 
 // parse reads the IP and TCP headers: 1 for a watched segment, 0 for

@@ -122,6 +122,10 @@ func report(w io.Writer, name string, res analyze.Analysis, took time.Duration) 
 		fmt.Fprintf(w, "skipped: %d frames on interfaces of unsupported link types (%s)\n", res.Capture.OtherLink,
 			strings.Join(res.OtherLinks, ", "))
 	}
+	if res.Wire.Evictions > 0 {
+		fmt.Fprintf(w, "%d connections evicted, the least recently seen first, to stay within %d followed at once\n",
+			res.Wire.Evictions, res.MaxFlows)
+	}
 
 	servers := map[string]map[string]*connReport{}
 	conn := func(server, client string) *connReport {
