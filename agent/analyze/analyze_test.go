@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -431,6 +432,51 @@ func clientPayload(b []byte) bool {
 	}
 	tcpLen := int(ip[ihl+12]>>4) * 4
 	return int(binary.BigEndian.Uint16(ip[2:])) > ihl+tcpLen
+}
+
+// A damaged pcapng file says so, after how many frames, as a pcap does;
+// what came before is analyzed.
+func TestAnalyzePcapngDamaged(t *testing.T) {
+	good, err := os.ReadFile(filepath.Join("testdata", "captures", "ipv6.pcapng"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The offsets of the blocks: a section, an interface, then packets.
+	var blocks []int
+	for off := 0; off+8 <= len(good); off += int(binary.LittleEndian.Uint32(good[off+4:])) {
+		blocks = append(blocks, off)
+	}
+	const before = 12 // packets before the damage
+	at := blocks[2+before]
+	lengths := func(total uint32) []byte {
+		b := slices.Clone(good)
+		binary.LittleEndian.PutUint32(b[at+4:], total)
+		return b
+	}
+	cfg := Config{Ports: []uint16{21344}, Correlator: correlate.DefaultConfig()}
+	for _, c := range []struct {
+		name string
+		file []byte
+		want string
+	}{
+		{"total length 0", lengths(0), "total length 0"},
+		{"total length 3", lengths(3), "total length 3"},
+		{"total length 12", lengths(12), "total length 12"},
+		{"total length 0xfffffff0", lengths(0xfffffff0), "more than the"},
+		{"cut within a block", good[:at+50], "the file ends within the block"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a, err := Run(bytes.NewReader(c.file), cfg)
+			if err != nil || a.Err == nil || a.Capture.Frames != before ||
+				!strings.Contains(a.Err.Error(), fmt.Sprintf("after %d frames: pcapng block at byte %d: ", before, at)) ||
+				!strings.Contains(a.Err.Error(), c.want) {
+				t.Errorf("err %v, damage %v after %d frames; want it after %d, at byte %d: %s", err, a.Err, a.Capture.Frames, before, at, c.want)
+			}
+			if len(a.Gaps) == 0 {
+				t.Error("nothing analyzed before the damage")
+			}
+		})
+	}
 }
 
 // Past max-flows the least recently seen connection is evicted and

@@ -17,6 +17,10 @@ import (
 // ErrFormat is returned for input that is neither pcap nor pcapng.
 var ErrFormat = errors.New("not a pcap or pcapng capture")
 
+// errPanic is a panic of the capture library, recovered: the file is
+// damaged in a way the checks before it missed.
+var errPanic = errors.New("the capture reader failed")
+
 // LinkTypeError is a capture whose frames are all of a link type this
 // reader does not decode (a USB or Wi-Fi capture, say).
 type LinkTypeError struct{ Links []layers.LinkType }
@@ -88,13 +92,19 @@ type Capture struct {
 	link  func(iface int) (layers.LinkType, error)
 	stats CaptureStats
 	other []layers.LinkType // unsupported link types met, in order
+	err   error             // what ended reading
 	// Format is "pcap" or "pcapng".
 	Format string
 }
 
 // OpenCapture recognizes the format by its magic number.
-func OpenCapture(r io.Reader) (*Capture, error) {
-	br := bufio.NewReaderSize(r, 1<<20)
+func OpenCapture(r io.Reader) (_ *Capture, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", errPanic, p)
+		}
+	}()
+	br := bufio.NewReaderSize(r, maxBlock)
 	magic, err := br.Peek(4)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %d bytes", ErrFormat, len(magic))
@@ -107,7 +117,9 @@ func OpenCapture(r io.Reader) (*Capture, error) {
 		// every interface whose type differs from the first one's.
 		opts := pcapgo.DefaultNgReaderOptions
 		opts.WantMixedLinkType = true
-		ng, err := pcapgo.NewNgReader(br, opts)
+		// pcapgo trusts the file's lengths and options: the guard checks
+		// each block before pcapgo reads it.
+		ng, err := pcapgo.NewNgReader(&ngGuard{r: br}, opts)
 		if err != nil {
 			return nil, fmt.Errorf("pcapng: %w", err)
 		}
@@ -151,12 +163,16 @@ func (c *Capture) OtherLinks() []layers.LinkType { return c.other }
 // another error, after every packet before the damage.
 func (c *Capture) Next() (Packet, error) {
 	for {
-		data, ci, err := c.next()
+		if c.err != nil {
+			return Packet{}, c.err
+		}
+		data, ci, err := c.read()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return Packet{}, io.EOF
+			c.err = io.EOF
+			if !errors.Is(err, io.EOF) {
+				c.err = fmt.Errorf("after %d frames: %w", c.stats.Frames, err)
 			}
-			return Packet{}, fmt.Errorf("after %d frames: %w", c.stats.Frames, err)
+			return Packet{}, c.err
 		}
 		c.stats.Frames++
 		c.stats.Bytes += uint64(len(data))
@@ -189,6 +205,16 @@ func (c *Capture) Next() (Packet, error) {
 		}
 		return p, nil
 	}
+}
+
+// read is the library's next frame; a panic in it is damage, not a crash.
+func (c *Capture) read() (data []byte, ci gopacket.CaptureInfo, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			data, err = nil, fmt.Errorf("%w: %v", errPanic, p)
+		}
+	}()
+	return c.next()
 }
 
 // decodeLink finds the IP packet in a frame: ok when there is one, bad
