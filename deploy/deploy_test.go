@@ -35,13 +35,29 @@ func TestAlertRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, alert := range []string{"ICAPRequestStalled", "ICAPIdleCloseRaces", "ICAPServerWorkersHeldByIdleConnections",
-		"ICAPCanaryFailing", "ICAPPoolAboveServerLimit", "ICAPWatchDown", "ICAPWatchEventsLost"} {
-		if !strings.Contains(string(tests), "alertname: "+alert) {
-			t.Errorf("no unit test for %s", alert)
+	rules, err := Rules(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alerts := map[string]bool{}
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			alerts[r.Alert] = r.Alert != ""
+			if r.Alert != "" && !strings.Contains(string(tests), "alertname: "+r.Alert) {
+				t.Errorf("no unit test for %s", r.Alert)
+			}
+		}
+	}
+	// Alert names are a contract: silences, routes and runbooks use them.
+	for _, alert := range contractAlerts {
+		if !alerts[alert] {
+			t.Errorf("alert %s is gone from the rules", alert)
 		}
 	}
 }
+
+var contractAlerts = []string{"ICAPRequestStalled", "ICAPIdleCloseRaces", "ICAPServerWorkersHeldByIdleConnections",
+	"ICAPCanaryFailing", "ICAPPoolAboveServerLimit", "ICAPWatchDown", "ICAPWatchDegradedSource", "ICAPWatchEventsLost"}
 
 // TestExpressionsParse: every expression of the dashboard and the rules
 // parses, by Prometheus' own parser (promtool, as recording rules).

@@ -19,7 +19,8 @@ import (
 )
 
 // The capabilities of each variant, and what each component adds. Each
-// directory of kubernetes/components must be here.
+// directory of kubernetes/components must be here. componentKinds: the
+// object a component adds, for Prometheus Operator.
 var (
 	variantCaps = map[string][]corev1.Capability{
 		"kubernetes":                {"BPF", "PERFMON", "NET_ADMIN"},
@@ -29,6 +30,11 @@ var (
 		"process-names":  {"SYS_PTRACE", "DAC_READ_SEARCH"},
 		"memlock":        {"SYS_RESOURCE"},
 		"servicemonitor": nil,
+		"prometheusrule": nil,
+	}
+	componentKinds = map[string]string{
+		"servicemonitor": "ServiceMonitor",
+		"prometheusrule": "PrometheusRule",
 	}
 )
 
@@ -46,7 +52,7 @@ func TestKubernetesManifests(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkObjects(t, objs, caps, false)
+			checkObjects(t, objs, caps, "")
 		})
 	}
 
@@ -72,7 +78,7 @@ func TestKubernetesManifests(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				checkObjects(t, objs, want, c.Name() == "servicemonitor")
+				checkObjects(t, objs, want, componentKinds[c.Name()])
 			})
 			// Listed in the variant's own kustomization, the component
 			// comes before the variant's patches: the same result.
@@ -90,7 +96,7 @@ func TestKubernetesManifests(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				checkObjects(t, objs, want, c.Name() == "servicemonitor")
+				checkObjects(t, objs, want, componentKinds[c.Name()])
 			})
 		}
 	}
@@ -108,8 +114,9 @@ func TestKubernetesManifests(t *testing.T) {
 
 // checkObjects decodes the objects strictly and checks them: the agent's
 // DaemonSet with exactly the capabilities caps, its namespace, ConfigMap
-// and Service, and a ServiceMonitor when monitor says so.
-func checkObjects(t *testing.T, objs []object, caps []corev1.Capability, monitor bool) {
+// and Service, and one object of kind extra when it is not empty: a
+// ServiceMonitor or a PrometheusRule.
+func checkObjects(t *testing.T, objs []object, caps []corev1.Capability, extra string) {
 	t.Helper()
 	var (
 		kinds   []string
@@ -118,7 +125,9 @@ func checkObjects(t *testing.T, objs []object, caps []corev1.Capability, monitor
 		cm      corev1.ConfigMap
 		ns      corev1.Namespace
 		sm      serviceMonitor
-		targets = map[string]any{"DaemonSet": &ds, "Service": &svc, "ConfigMap": &cm, "Namespace": &ns, "ServiceMonitor": &sm}
+		pr      prometheusRule
+		targets = map[string]any{"DaemonSet": &ds, "Service": &svc, "ConfigMap": &cm, "Namespace": &ns,
+			"ServiceMonitor": &sm, "PrometheusRule": &pr}
 	)
 	for _, o := range objs {
 		kinds = append(kinds, o.kind())
@@ -137,8 +146,9 @@ func checkObjects(t *testing.T, objs []object, caps []corev1.Capability, monitor
 	}
 	slices.Sort(kinds)
 	want := []string{"ConfigMap", "DaemonSet", "Namespace", "Service"}
-	if monitor {
-		want = append(want, "ServiceMonitor")
+	if extra != "" {
+		want = append(want, extra)
+		slices.Sort(want)
 	}
 	if !slices.Equal(kinds, want) {
 		t.Fatalf("objects %v, want one each of %v", kinds, want)
@@ -194,9 +204,18 @@ func checkObjects(t *testing.T, objs []object, caps []corev1.Capability, monitor
 		t.Errorf("Service: selector %v and ports %+v do not reach the pods (labels %v, port %s)",
 			svc.Spec.Selector, svc.Spec.Ports, podLabels, c.Ports[0].Name)
 	}
-	if !monitor {
-		return
+	switch extra {
+	case "ServiceMonitor":
+		checkServiceMonitor(t, sm, svc, ns)
+	case "PrometheusRule":
+		checkPrometheusRule(t, pr, ns)
 	}
+}
+
+// checkServiceMonitor: the ServiceMonitor scrapes the agents' Service
+// under the job name the rules expect.
+func checkServiceMonitor(t *testing.T, sm serviceMonitor, svc corev1.Service, ns corev1.Namespace) {
+	t.Helper()
 	if sm.APIVersion != "monitoring.coreos.com/v1" || sm.Metadata.Namespace != ns.Name {
 		t.Errorf("ServiceMonitor: %s in %q, want monitoring.coreos.com/v1 in %q", sm.APIVersion, sm.Metadata.Namespace, ns.Name)
 	}
