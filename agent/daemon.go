@@ -84,7 +84,7 @@ func DefaultDaemonConfig() DaemonConfig {
 		Correlator:    correlate.DefaultConfig(),
 		SweepInterval: time.Second,
 		Canary:        CanaryConfig{Interval: 30 * time.Second, PoolSize: 1, MaxIdle: 60 * time.Second},
-		Web:           exporter.WebConfig{ListenAddress: ":9344"},
+		Web:           exporter.WebConfig{ListenAddresses: []string{":9344"}},
 		EventsKeep:    1000,
 		Proc:          "/proc",
 	}

@@ -17,7 +17,7 @@ import (
 // page the oldest few.
 func TestDaemonListsOpenExchangesOldestFirst(t *testing.T) {
 	cfg := DefaultDaemonConfig()
-	cfg.Web.ListenAddress = "127.0.0.1:0"
+	cfg.Web.ListenAddresses = []string{"127.0.0.1:0"}
 	d, err := NewDaemon(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +70,7 @@ func TestKernelFlowsFollowMaxFlows(t *testing.T) {
 func TestOrdinaryClosesLogAtDebug(t *testing.T) {
 	var logs bytes.Buffer
 	cfg := DefaultDaemonConfig()
-	cfg.Web.ListenAddress = "127.0.0.1:0"
+	cfg.Web.ListenAddresses = []string{"127.0.0.1:0"}
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
 	d, err := NewDaemon(cfg)
 	if err != nil {

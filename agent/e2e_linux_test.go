@@ -197,7 +197,7 @@ func loopbackAgent(port int) DaemonConfig {
 	cfg := DefaultDaemonConfig()
 	cfg.Ports, cfg.Interfaces, cfg.Source = []uint16{uint16(port)}, []string{"lo"}, SourceBPF
 	cfg.Correlator.StallThreshold, cfg.SweepInterval = 2*time.Second, 200*time.Millisecond
-	cfg.Web.ListenAddress = "127.0.0.1:0"
+	cfg.Web.ListenAddresses = []string{"127.0.0.1:0"}
 	return cfg
 }
 

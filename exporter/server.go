@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/icapwatch/icapwatch/internal/version"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -119,7 +120,10 @@ Open exchanges: {{.Open}}, stalled: {{if .Stalled}}<span class="bad">{{.Stalled}
 
 // WebConfig holds exporter-toolkit's flags.
 type WebConfig struct {
-	ListenAddress string // --web.listen-address
+	ListenAddresses []string // --web.listen-address, repeatable
+	// SystemdSocket: listen on the sockets systemd passes (socket
+	// activation) instead of ListenAddresses (--web.systemd-socket).
+	SystemdSocket bool
 	ConfigFile    string // --web.config.file: TLS and basic auth
 }
 
@@ -127,18 +131,26 @@ type WebConfig struct {
 // wrong: a listen address that cannot be one, a web configuration file
 // that is missing or invalid.
 func (c WebConfig) Validate() error {
-	host, port, err := net.SplitHostPort(c.ListenAddress)
-	if err != nil {
-		return fmt.Errorf("--web.listen-address %q: want host:port, such as :9344 or 127.0.0.1:9344", c.ListenAddress)
+	if !c.SystemdSocket && len(c.ListenAddresses) == 0 {
+		return errors.New("--web.listen-address: at least one address is needed, such as :9344")
 	}
-	// A numeric port or a service name (/etc/services); LookupPort refuses
-	// numbers beyond 65535 without asking any resolver.
-	if _, err := net.LookupPort("tcp", port); err != nil {
-		return fmt.Errorf("--web.listen-address %q: port %q is not a TCP port", c.ListenAddress, port)
-	}
-	if looksNumeric(host) {
-		if _, err := netip.ParseAddr(host); err != nil {
-			return fmt.Errorf("--web.listen-address %q: %q is not an IP address", c.ListenAddress, host)
+	for _, addr := range c.ListenAddresses {
+		if c.SystemdSocket {
+			break
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return fmt.Errorf("--web.listen-address %q: want host:port, such as :9344 or 127.0.0.1:9344", addr)
+		}
+		// A numeric port or a service name (/etc/services); LookupPort
+		// refuses numbers beyond 65535 without asking any resolver.
+		if _, err := net.LookupPort("tcp", port); err != nil {
+			return fmt.Errorf("--web.listen-address %q: port %q is not a TCP port", addr, port)
+		}
+		if looksNumeric(host) {
+			if _, err := netip.ParseAddr(host); err != nil {
+				return fmt.Errorf("--web.listen-address %q: %q is not an IP address", addr, host)
+			}
 		}
 	}
 	if c.ConfigFile != "" {
@@ -159,34 +171,62 @@ func looksNumeric(host string) bool {
 }
 
 // Serve listens and serves h until ctx ends, then shuts down within 5 s.
-// It returns the bound address once listening, and a channel with the
-// server's final error.
+// It returns the first bound address once listening, and a channel with
+// the server's final error (the first listener's to fail).
 func Serve(ctx context.Context, cfg WebConfig, h http.Handler, log *slog.Logger) (net.Addr, <-chan error, error) {
 	if cfg.ConfigFile != "" {
 		if err := web.Validate(cfg.ConfigFile); err != nil {
 			return nil, nil, fmt.Errorf("--web.config.file %s: %w", cfg.ConfigFile, err)
 		}
 	}
-	ln, err := net.Listen("tcp", cfg.ListenAddress)
+	lns, err := listen(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--web.listen-address %s: %w", cfg.ListenAddress, err)
+		return nil, nil, err
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	addrs, systemd, file := []string{cfg.ListenAddress}, false, cfg.ConfigFile
+	addrs, systemd, file := cfg.ListenAddresses, cfg.SystemdSocket, cfg.ConfigFile
 	flags := &web.FlagConfig{WebListenAddresses: &addrs, WebSystemdSocket: &systemd, WebConfigFile: &file}
-	done := make(chan error, 1)
-	go func() {
-		err := web.Serve(ln, srv, flags, log)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		done <- err
-	}()
+	done := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() {
+			err := web.Serve(ln, srv, flags, log)
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			done <- err
+		}()
+	}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
-	return ln.Addr(), done, nil
+	return lns[0].Addr(), done, nil
+}
+
+// listen opens the listeners: systemd's, or one per address.
+func listen(cfg WebConfig) ([]net.Listener, error) {
+	if cfg.SystemdSocket {
+		lns, err := activation.Listeners()
+		if err != nil {
+			return nil, fmt.Errorf("--web.systemd-socket: %w", err)
+		}
+		if len(lns) == 0 {
+			return nil, errors.New("--web.systemd-socket: systemd passed no socket (is the agent started by its .socket unit?)")
+		}
+		return lns, nil
+	}
+	var lns []net.Listener
+	for _, addr := range cfg.ListenAddresses {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("--web.listen-address %s: %w", addr, err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
 }

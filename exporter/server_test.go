@@ -70,7 +70,7 @@ func status(t *testing.T, url, user, pass string) (int, string) {
 
 func TestEndpoints(t *testing.T) {
 	for _, ready := range []bool{false, true} {
-		base := serve(t, WebConfig{ListenAddress: "127.0.0.1:0"}, fakeBackend{ready: ready})
+		base := serve(t, WebConfig{ListenAddresses: []string{"127.0.0.1:0"}}, fakeBackend{ready: ready})
 		want := map[bool]int{false: 503, true: 200}[ready]
 		if code, _ := status(t, base+"/readyz", "", ""); code != want {
 			t.Errorf("readyz with ready=%v: %d, want %d", ready, code, want)
@@ -108,7 +108,7 @@ func TestWebConfigBasicAuth(t *testing.T) {
 	if err := os.WriteFile(file, []byte("basic_auth_users:\n  prometheus: "+string(hash)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	base := serve(t, WebConfig{ListenAddress: "127.0.0.1:0", ConfigFile: file}, fakeBackend{ready: true})
+	base := serve(t, WebConfig{ListenAddresses: []string{"127.0.0.1:0"}, ConfigFile: file}, fakeBackend{ready: true})
 	if code, _ := status(t, base+"/metrics", "", ""); code != http.StatusUnauthorized {
 		t.Errorf("without credentials: %d", code)
 	}
@@ -117,7 +117,7 @@ func TestWebConfigBasicAuth(t *testing.T) {
 	}
 	bad := filepath.Join(t.TempDir(), "bad.yml")
 	os.WriteFile(bad, []byte("tls_server_config: [\n"), 0o600)
-	if _, _, err := Serve(context.Background(), WebConfig{ListenAddress: "127.0.0.1:0", ConfigFile: bad},
+	if _, _, err := Serve(context.Background(), WebConfig{ListenAddresses: []string{"127.0.0.1:0"}, ConfigFile: bad},
 		http.NotFoundHandler(), logging.Slog(hclog.NewNullLogger())); err == nil || !strings.Contains(err.Error(), "--web.config.file") {
 		t.Errorf("a bad config file: %v", err)
 	}
@@ -134,17 +134,17 @@ func TestWebConfigValidate(t *testing.T) {
 		cfg  WebConfig
 		flag string // "" when valid
 	}{
-		{WebConfig{ListenAddress: ":9344"}, ""},
-		{WebConfig{ListenAddress: "127.0.0.1:0"}, ""},
-		{WebConfig{ListenAddress: "[::1]:9344"}, ""},
-		{WebConfig{ListenAddress: "localhost:9344"}, ""},
-		{WebConfig{ListenAddress: ":9344", ConfigFile: good}, ""},
-		{WebConfig{ListenAddress: "999.1.1.1:99999"}, "--web.listen-address"},
-		{WebConfig{ListenAddress: "999.1.1.1:9344"}, "--web.listen-address"},
-		{WebConfig{ListenAddress: "127.0.0.1"}, "--web.listen-address"},
-		{WebConfig{ListenAddress: "127.0.0.1:http-alt-nope"}, "--web.listen-address"},
-		{WebConfig{ListenAddress: ":9344", ConfigFile: filepath.Join(dir, "missing.yml")}, "--web.config.file"},
-		{WebConfig{ListenAddress: ":9344", ConfigFile: bad}, "--web.config.file"},
+		{WebConfig{ListenAddresses: []string{":9344"}}, ""},
+		{WebConfig{ListenAddresses: []string{"127.0.0.1:0"}}, ""},
+		{WebConfig{ListenAddresses: []string{"[::1]:9344"}}, ""},
+		{WebConfig{ListenAddresses: []string{"localhost:9344"}}, ""},
+		{WebConfig{ListenAddresses: []string{":9344"}, ConfigFile: good}, ""},
+		{WebConfig{ListenAddresses: []string{"999.1.1.1:99999"}}, "--web.listen-address"},
+		{WebConfig{ListenAddresses: []string{"999.1.1.1:9344"}}, "--web.listen-address"},
+		{WebConfig{ListenAddresses: []string{"127.0.0.1"}}, "--web.listen-address"},
+		{WebConfig{ListenAddresses: []string{"127.0.0.1:http-alt-nope"}}, "--web.listen-address"},
+		{WebConfig{ListenAddresses: []string{":9344"}, ConfigFile: filepath.Join(dir, "missing.yml")}, "--web.config.file"},
+		{WebConfig{ListenAddresses: []string{":9344"}, ConfigFile: bad}, "--web.config.file"},
 	} {
 		err := tc.cfg.Validate()
 		switch {

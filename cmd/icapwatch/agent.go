@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/icapwatch/icapwatch/agent"
 	"github.com/icapwatch/icapwatch/bpf"
+	"github.com/icapwatch/icapwatch/exporter"
 )
 
 // agentCmd is `icapwatch agent`, the daemon.
@@ -48,10 +49,19 @@ func addAgentFlags(c *kingpin.CmdClause, name string, cfg *agent.DaemonConfig, p
 	flag(c, name, "canary.insecure", "The canary does not verify the server's certificate.").BoolVar(&cfg.Canary.Insecure)
 	intVar(flag(c, name, "canary.pool-size", "The canary's connections per target.").Default(strconv.Itoa(d.Canary.PoolSize)), &cfg.Canary.PoolSize)
 	flag(c, name, "canary.max-idle", "The canary retires connections idle this long; keep it below the server's idle timeout.").Default(d.Canary.MaxIdle.String()).DurationVar(&cfg.Canary.MaxIdle)
-	flag(c, name, "web.listen-address", "Address for /metrics, the API and the landing page.").Default(d.Web.ListenAddress).StringVar(&cfg.Web.ListenAddress)
-	flag(c, name, "web.config.file", "exporter-toolkit web configuration (TLS, basic auth).").PlaceHolder("FILE").StringVar(&cfg.Web.ConfigFile)
+	webFlags(c, name, &cfg.Web, d.Web.ListenAddresses[0])
 	intVar(flag(c, name, "events.keep", "How many recent events /api/v1/events keeps.").Default(strconv.Itoa(d.EventsKeep)), &cfg.EventsKeep)
 	flag(c, name, "proc", "The host's /proc (in a container, where the host's is mounted).").Default(d.Proc).StringVar(&cfg.Proc)
+}
+
+// webFlags declares exporter-toolkit's web flags, as every Prometheus
+// exporter has them, with icapwatch's environment variables.
+func webFlags(c *kingpin.CmdClause, name string, cfg *exporter.WebConfig, listen string) {
+	flag(c, name, "web.listen-address", "Address for /metrics, the API and the landing page; repeatable.").
+		Default(listen).StringsVar(&cfg.ListenAddresses)
+	flag(c, name, "web.systemd-socket", "Listen on the sockets systemd passes (socket activation) instead of --web.listen-address.").
+		BoolVar(&cfg.SystemdSocket)
+	flag(c, name, "web.config.file", "exporter-toolkit web configuration (TLS, basic auth).").PlaceHolder("FILE").StringVar(&cfg.ConfigFile)
 }
 
 // parsePorts reads "11344,1344".

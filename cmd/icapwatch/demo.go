@@ -49,7 +49,7 @@ func registerDemo(app *kingpin.Application) *demoCmd {
 	flag(c, "demo", "seed", "Seed of the application's random pauses and requests.").Default("1").Uint64Var(&d.seed)
 	flag(c, "demo", "source", "auto, bpf or sockdiag.").Default(agent.SourceAuto).EnumVar(&d.cfg.Source, agent.SourceAuto, agent.SourceBPF, agent.SourceSockDiag)
 	flag(c, "demo", "stall-threshold", "An exchange open this long is a stall.").Default("10s").DurationVar(&d.cfg.Correlator.StallThreshold)
-	flag(c, "demo", "web.listen-address", "Address for /metrics, the API and the landing page.").Default("127.0.0.1:9344").StringVar(&d.cfg.Web.ListenAddress)
+	webFlags(c, "demo", &d.cfg.Web, "127.0.0.1:9344")
 	return d
 }
 

@@ -93,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	app.UsageWriter(stdout).ErrorWriter(stderr)
 	app.Terminate(func(c int) { panic(exitPanic(c)) })
 	app.HelpFlag.Short('h')
+	app.Version(version.String())
 	defer func() {
 		if r := recover(); r != nil {
 			c, ok := r.(exitPanic)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -472,4 +474,67 @@ func TestAgentStopsCleanlyOnSIGHUP(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the agent did not stop on SIGHUP:\n%s", out.String())
 	}
+}
+
+// --version, as every exporter has it.
+func TestVersionFlag(t *testing.T) {
+	code, stdout, stderr := runCLI(t, "--version")
+	if code != exitOK || !strings.HasPrefix(stdout+stderr, "icapwatch ") {
+		t.Errorf("--version: exit %d, %q %q", code, stdout, stderr)
+	}
+}
+
+// freePort is a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// The web flags of exporter-toolkit: --web.listen-address repeats, and
+// --web.systemd-socket serves on the sockets systemd passes.
+func TestWebListenFlags(t *testing.T) {
+	bin := testutil.BuildIcapwatch(t)
+	serve := func(t *testing.T, urls []string, args ...string) {
+		var out syncBuffer
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		}()
+		client := &http.Client{Timeout: 2 * time.Second}
+		for _, url := range urls {
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				resp, err := client.Get(url + "/healthz")
+				if err == nil {
+					resp.Body.Close()
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s does not answer: %v\n%s", url, err, out.String())
+				}
+			}
+		}
+	}
+	t.Run("repeated", func(t *testing.T) {
+		a, b := freePort(t), freePort(t)
+		serve(t, []string{"http://" + a, "http://" + b}, bin, "agent", "--source", "sockdiag",
+			"--web.listen-address", a, "--web.listen-address", b)
+	})
+	t.Run("systemd socket", func(t *testing.T) {
+		activate, err := exec.LookPath("systemd-socket-activate")
+		if err != nil {
+			testutil.SkipOrFail(t, "systemd-socket-activate (Debian's systemd) not found: %v", err)
+		}
+		a := freePort(t)
+		serve(t, []string{"http://" + a}, activate, "-l", a, bin, "agent", "--source", "sockdiag", "--web.systemd-socket")
+	})
 }
