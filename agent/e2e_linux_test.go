@@ -88,6 +88,10 @@ func TestEndToEnd(t *testing.T) {
 	want("icapwatch_connection_closes_total", map[string]string{"initiator": "server"}, 1)
 	want("icapwatch_idle_close_races_total", map[string]string{"kind": correlate.RaceReuseAfterClose}, 1)
 	want("icapwatch_kernel_hook_attached", map[string]string{"hook": "tc_egress"}, 1)
+	// On lo only egress is attached, and the gauge says so.
+	if got := sum(metrics, "icapwatch_kernel_hook_attached", map[string]string{"hook": "tc_ingress"}); got != 0 {
+		t.Errorf("tc_ingress reported attached (%v) on lo, where only egress is", got)
+	}
 	want("icapwatch_source", map[string]string{"source": SourceBPF}, 1)
 	answered := float64(st.Requests - st.Failed)
 	if got := histCountOf(metrics, "icapwatch_exchange_duration_seconds", map[string]string{"phase": "request"}); got < answered {

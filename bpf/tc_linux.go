@@ -513,12 +513,14 @@ func (a *tcAttacher) forget(index int) {
 func (a *tcAttacher) status() []HookStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var in, out []string
+	var in, out, covered []string
 	for _, iface := range a.ifaces {
 		out = append(out, iface.name)
-		// On loopback, egress does ingress's work too.
-		if len(iface.links)+len(iface.filters) == 2 || iface.egressOnly {
+		switch {
+		case len(iface.links)+len(iface.filters) == 2:
 			in = append(in, iface.name)
+		case iface.egressOnly:
+			covered = append(covered, iface.name) // loopback: egress sees both directions
 		}
 	}
 	sort.Strings(in)
@@ -532,7 +534,15 @@ func (a *tcAttacher) status() []HookStatus {
 		return HookStatus{Name: name, Attached: len(ifaces) > 0, Mode: a.mode,
 			Detail: strings.Join(ifaces, ","), Error: strings.Join(errs, "; ")}
 	}
-	return []HookStatus{mk(HookTCIngress, in), mk(HookTCEgress, out)}
+	// The ingress hook is reported as attached only where it is. Where
+	// every interface is loopback it is not needed: egress sees both
+	// directions there.
+	ingress := mk(HookTCIngress, in)
+	if len(in) == 0 && len(covered) > 0 {
+		ingress.Optional = true
+		ingress.Detail = "not needed: egress on " + strings.Join(covered, ",") + " sees both directions"
+	}
+	return []HookStatus{ingress, mk(HookTCEgress, out)}
 }
 
 func (a *tcAttacher) close() error {
