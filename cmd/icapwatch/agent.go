@@ -57,6 +57,7 @@ func addAgentFlags(c *kingpin.CmdClause, name string, cfg *agent.DaemonConfig, p
 // webFlags declares exporter-toolkit's web flags, as every Prometheus
 // exporter has them, with icapwatch's environment variables.
 func webFlags(c *kingpin.CmdClause, name string, cfg *exporter.WebConfig, listen string) {
+	cfg.ListenAddresses = nil // the flag appends to it: its default, or the addresses given
 	flag(c, name, "web.listen-address", "Address for /metrics, the API and the landing page; repeatable.").
 		Default(listen).StringsVar(&cfg.ListenAddresses)
 	flag(c, name, "web.systemd-socket", "Listen on the sockets systemd passes (socket activation) instead of --web.listen-address.").

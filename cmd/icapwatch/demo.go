@@ -104,9 +104,11 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 	source.Store(cfg.Source)
 	// The summary at the end counts what the timeline said.
 	var tally correlate.Tally
+	tl := &timeline{}
 	cfg.OnEvent = func(e correlate.Event) {
 		tally.Event(e)
-		say("%s", eventLine(e, source.Load().(string)))
+		tl.source = source.Load().(string)
+		say("%s", tl.line(e))
 	}
 	cfg.OnGap = tally.Gap
 	if err := cfg.Validate(); err != nil {
@@ -166,16 +168,36 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 const sockDiagLimits = "it polls the sockets every second, so it sees stalls but not when the server ACKed, " +
 	"no TLS alerts, and rarely the server closes that release a stall (those need eBPF)"
 
-// eventLine is the timeline's line for an event. On sock_diag the ACK is
+// timeline writes the demo's lines for events: the event's summary, with
+// what a newcomer needs to read it.
+type timeline struct {
+	source    string // the agent's source
+	explained bool   // the TLS 1.3 close_notify rule was explained once
+}
+
+// line is the timeline's line for an event. On sock_diag the ACK is
 // known only from a poll, not when it came: the line says so rather than
-// give a time.
-func eventLine(e correlate.Event, source string) string {
-	if st, ok := e.Detail.(*correlate.Stall); ok && source == agent.SourceSockDiag {
+// give a time. The canary's own connections are marked as the canary's,
+// and a probable TLS 1.3 close_notify reads as the ordinary close it is.
+func (tl *timeline) line(e correlate.Event) string {
+	if st, ok := e.Detail.(*correlate.Stall); ok && tl.source == agent.SourceSockDiag {
 		untimed := *st
 		untimed.AckUntimed = true
 		e.Detail = &untimed
 	}
-	return e.Summary()
+	line := e.Summary()
+	if a, ok := e.Detail.(*correlate.TLSAlert); ok && a.TLSVersion == "1.3?" {
+		line += ": probably close_notify, an ordinary close"
+		if !tl.explained {
+			tl.explained = true
+			line += " (TLS 1.3 encrypts the alert's type; a lone 19-byte record before the close tells it, " +
+				"hence the question mark)"
+		}
+	}
+	if e.Client == correlate.ClientCanary {
+		line = "canary: " + line
+	}
+	return line
 }
 
 // runWorkload runs the application as its own process named scanapp, as
@@ -266,6 +288,9 @@ func writeSummary(w io.Writer, servers []correlate.ServerTally, source string) {
 	}
 	fmt.Fprintf(w, "\nsource: %s. A release is a stalled request answered right after the server closed another\n"+
 		"connection: its workers were held by idle persistent connections.\n", source)
+	fmt.Fprint(w, "What to do: hold fewer idle connections than the server has workers (a client pool at or below\n"+
+		"its Max-Connections, and a client idle timeout below the server's), or give the server more workers.\n"+
+		"See docs/runbook.md, ICAPServerWorkersHeldByIdleConnections.\n")
 }
 
 // workloadCmd is the demo's application, run as its own process.

@@ -23,7 +23,8 @@ func TestEventLineOnSockDiag(t *testing.T) {
 	e := correlate.Event{Server: "127.0.0.1:11344", ClientAddr: netip.MustParseAddrPort("127.0.0.1:35418"),
 		Client: "scanapp", PID: 4121, Detail: &correlate.Stall{State: correlate.StateAckedSilent,
 			Phase: observe.PhaseHandshake, Age: 10400 * time.Millisecond, Acked: true}}
-	bpfLine, diagLine := eventLine(e, agent.SourceBPF), eventLine(e, agent.SourceSockDiag)
+	line := func(e correlate.Event, source string) string { return (&timeline{source: source}).line(e) }
+	bpfLine, diagLine := line(e, agent.SourceBPF), line(e, agent.SourceSockDiag)
 	if !strings.Contains(bpfLine, "ACKed by the server 0 ms after it was sent, no answer for 10.4 s (acked_silent)") {
 		t.Errorf("eBPF line: %s", bpfLine)
 	}
@@ -33,7 +34,7 @@ func TestEventLineOnSockDiag(t *testing.T) {
 	}
 	unacked := e
 	unacked.Detail = &correlate.Stall{State: correlate.StateUnacked, Phase: observe.PhaseRequest, Age: 11 * time.Second}
-	if got, want := eventLine(unacked, agent.SourceSockDiag), unacked.Summary(); got != want {
+	if got, want := line(unacked, agent.SourceSockDiag), unacked.Summary(); got != want {
 		t.Errorf("an unacked stall reads %q, want it as is: %q", got, want)
 	}
 }
@@ -167,5 +168,28 @@ func TestDemoKilledLeavesNothing(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(tmp); len(left) > 0 {
 		t.Errorf("the killed demo left %v in TMPDIR", left)
+	}
+}
+
+// The timeline marks the canary's own connections, reads a probable TLS
+// 1.3 close_notify as an ordinary close, and explains the question mark
+// once.
+func TestTimelineReadsCloseNotifyAndMarksTheCanary(t *testing.T) {
+	tl := &timeline{source: agent.SourceBPF}
+	alert := correlate.Event{Server: "127.0.0.1:11344", ClientAddr: netip.MustParseAddrPort("127.0.0.1:35418"),
+		Client: "scanapp", Detail: &correlate.TLSAlert{Direction: "server", TLSVersion: "1.3?"}}
+	first, second := tl.line(alert), tl.line(alert)
+	if !strings.Contains(first, "an ordinary close") || !strings.Contains(first, "19-byte record") ||
+		!strings.Contains(second, "an ordinary close") || strings.Contains(second, "19-byte") {
+		t.Errorf("close_notify lines:\n%s\n%s", first, second)
+	}
+	canary := alert
+	canary.Client = correlate.ClientCanary
+	canary.Detail = &correlate.Close{Initiator: "client", How: "fin"}
+	if got := tl.line(canary); !strings.HasPrefix(got, "canary: ") {
+		t.Errorf("canary line: %s", got)
+	}
+	if got := tl.line(correlate.Event{Client: "scanapp", Detail: &correlate.TLSAlert{Direction: "server", TLSVersion: "1.2"}}); strings.Contains(got, "ordinary") {
+		t.Errorf("a TLS 1.2 alert, whose type is not known, read as a close: %s", got)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alecthomas/kingpin/v2"
 	"github.com/icapwatch/icapwatch/icap"
 	"github.com/icapwatch/icapwatch/internal/testutil"
 )
@@ -537,4 +538,21 @@ func TestWebListenFlags(t *testing.T) {
 		a := freePort(t)
 		serve(t, []string{"http://" + a}, activate, "-l", a, bin, "agent", "--source", "sockdiag", "--web.systemd-socket")
 	})
+}
+
+// A --web.listen-address given replaces the default; it is not added to
+// it (kingpin appends a repeatable flag's values to what the field holds).
+func TestWebListenAddressReplacesTheDefault(t *testing.T) {
+	app := kingpin.New("t", "")
+	a := registerAgent(app)
+	if _, err := app.Parse([]string{"agent", "--web.listen-address", "127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.cfg.Web.ListenAddresses; !slices.Equal(got, []string{"127.0.0.1:1"}) {
+		t.Errorf("listen addresses %q", got)
+	}
+	a = registerAgent(kingpin.New("t", ""))
+	if got := a.cfg.Web.ListenAddresses; len(got) != 0 {
+		t.Errorf("before parsing: %q", got)
+	}
 }
