@@ -729,6 +729,9 @@ func TestCanceledContextKeepsIdleConnection(t *testing.T) {
 	if _, _, _, err := c.Options(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// The lab counts an answer once it is written: the client may have
+	// read it a moment before.
+	waitFor(t, func() bool { return lab.Stats().Served == 1 })
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, _, err := c.Do(ctx, respmod(plainURL(lab), "clean", -1)); !errors.Is(err, context.Canceled) {
