@@ -57,7 +57,7 @@ fixtures: ## Record the test captures in agent/analyze/testdata/captures (root; 
 bench: build ## Measure cost and speed side by side (observer effect, footprint, detection, correlator, analyze vs tshark) into bench-results.md.
 	$(GO) run ./scripts/bench -bin $(BIN) -out bench-results.md
 	@printf '\n### 3. Correlator, 4. sock_diag and 6. offline analysis (Go benchmarks)\n\n```\n' >> bench-results.md
-	$(GO) test -run '^$$' -bench '^Benchmark(Correlator|CorrelatorChurn|Analyze|SockDiag)$$' -benchmem ./agent/... | tee -a bench-results.md
+	$(GO) test -run '^$$' -bench '^Benchmark(Correlator|CorrelatorChurn|Analyze|AnalyzeOpenConns|SockDiag)$$' -benchmem ./agent/... | tee -a bench-results.md
 	@printf '```\n\n### 6. icapwatch analyze against tshark\n\n' >> bench-results.md
 	scripts/bench-analyze.sh $(BIN) | tee -a bench-results.md
 	@if [ "$$(id -u)" = 0 ]; then \

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -36,6 +37,8 @@ func registerAnalyze(app *kingpin.Application) *analyzeCmd {
 	flag(c, "analyze", "ports", "Watched ICAP server ports, comma-separated.").Default("11344,1344").StringVar(&a.ports)
 	flag(c, "analyze", "server", "Only this server (ip:port).").StringVar(&a.server)
 	flag(c, "analyze", "stall-threshold", "An exchange open this long is a stall.").Default(a.cfg.StallThreshold.String()).DurationVar(&a.cfg.StallThreshold)
+	intVar(flag(c, "analyze", "max-flows", "Connections followed at once; the least recently seen are evicted beyond, and the report says how many.").
+		Default(strconv.Itoa(a.cfg.MaxFlows)), &a.cfg.MaxFlows)
 	flag(c, "analyze", "json", "Print the events as JSON Lines instead of the report.").BoolVar(&a.json)
 	return a
 }
