@@ -160,6 +160,7 @@ type Daemon struct {
 	full   bool
 	source string
 	hooks  []bpf.HookStatus
+	lag    time.Duration // how late the source's events may reach the correlator
 }
 
 // NewDaemon checks the configuration.
@@ -284,10 +285,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	// The correlator sweeps every interval, and also when an exchange is
 	// due to cross the threshold, so a stall shows at once rather than up
-	// to an interval late: the timer follows its NextSweep.
+	// to an interval late: the timer follows its NextSweep. The kernel's
+	// events reach the correlator up to d.lag after they happened, so a
+	// sweep for time T runs at T+lag: an answer that came just before a
+	// stall's threshold is not taken for a stall.
 	d.mu.Lock()
 	d.corr.Advance(time.Now()) // starts its clock
-	next := d.corr.NextSweep()
+	next := d.corr.NextSweep().Add(d.lag)
 	d.mu.Unlock()
 	tick := time.NewTimer(time.Until(next))
 	defer tick.Stop()
@@ -306,7 +310,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		for i := range batch {
 			d.corr.Observe(batch[i])
 		}
-		due := d.corr.NextSweep()
+		due := d.corr.NextSweep().Add(d.lag)
 		d.mu.Unlock()
 		if due.Before(next) {
 			next = due
@@ -328,8 +332,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 					d.log.Warn("sock_diag poll failed", "error", err)
 				}
 			}
-			d.corr.Advance(now)
-			next = d.corr.NextSweep()
+			d.corr.Advance(now.Add(-d.lag))
+			next = d.corr.NextSweep().Add(d.lag)
 			d.mu.Unlock()
 			tick.Reset(time.Until(next))
 			if probe != nil {
@@ -370,6 +374,9 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 		switch {
 		case err == nil:
 			probe, source = p, SourceBPF
+			// The reader polls: an event waits up to a poll in the kernel's
+			// buffer, and up to another in the batch handed over.
+			d.lag = 2 * cfg.Poll
 		case source == SourceBPF:
 			return nil, nil, fmt.Errorf("--source bpf: %w", err)
 		default:

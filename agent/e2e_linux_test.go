@@ -126,6 +126,15 @@ func TestEndToEnd(t *testing.T) {
 	if len(api.Events) >= cfg.EventsKeep {
 		t.Fatalf("%d events: the API kept only the last, the counts below cannot be compared", len(api.Events))
 	}
+	// A stall is an exchange open past the threshold: none ends sooner
+	// (an answer still on its way from the kernel when the sweep ran
+	// would make one).
+	for _, e := range api.Events {
+		if d, ok := e["duration_seconds"].(float64); ok && e["kind"] == string(correlate.KindStallEnd) &&
+			d < cfg.Correlator.StallThreshold.Seconds() {
+			t.Errorf("a stall ended after %v s, below the %v threshold: %v", d, cfg.Correlator.StallThreshold, e)
+		}
+	}
 
 	// Each stalled exchange is counted once: as many acked_silent stalls
 	// as stall events. The scrape and the events are read again until
