@@ -45,22 +45,22 @@ var rules = []rule{
 	{
 		pkgs: module + "/agent/wire", tests: true,
 		forbid: []string{module + "/agent", module + "/agent/correlate", module + "/bpf/...", "github.com/prometheus/..."},
-		why: "the capture parser only speaks the event model",
+		why:    "the capture parser only speaks the event model",
 	},
 	{
 		pkgs: module + "/agent/analyze", tests: true,
 		forbid: []string{module + "/agent", module + "/bpf/...", module + "/exporter/...", "github.com/prometheus/..."},
-		why: "offline analysis runs the correlator on a capture, without the daemon, the kernel or Prometheus",
+		why:    "offline analysis runs the correlator on a capture, without the daemon, the kernel or Prometheus",
 	},
 	{
 		pkgs: module + "/exporter/...", tests: true,
 		forbid: []string{module + "/agent/...", module + "/bpf/..."},
-		why: "the exporter defines and serves metrics; the agent feeds it",
+		why:    "the exporter defines and serves metrics; the agent feeds it",
 	},
 	{
 		pkgs: module + "/icap/...", tests: true,
 		forbid: []string{module + "/agent/...", module + "/bpf/...", module + "/exporter/..."},
-		why: "the ICAP package stands alone: the canary and the lab use it",
+		why:    "the ICAP package stands alone: the canary and the lab use it",
 	},
 }
 
