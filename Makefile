@@ -85,12 +85,28 @@ demo: build ## The main job: icapwatch demo, the seed's hang caught live (run as
 
 IMAGE ?= ghcr.io/icapwatch/icapwatch:$(VERSION)
 ENGINE ?= $(shell command -v docker || command -v podman)
+# Packages and the image built without an engine carry the commit's time,
+# so that the same commit builds the same files.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
 
 .PHONY: image
-image: ## Build the container image (docker or podman with a running engine).
-	@if [ -z "$(ENGINE)" ] || ! $(ENGINE) info >/dev/null 2>&1; then \
-		echo "image: no container engine is running here (docker or podman)"; exit 1; fi
-	$(ENGINE) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE) .
+image: ## Build the container image: docker or podman where one runs, else image-dist (ENGINE= forces it).
+	@if [ -n "$(ENGINE)" ] && $(ENGINE) info >/dev/null 2>&1; then \
+		echo "$(ENGINE) build -t $(IMAGE) ."; \
+		$(ENGINE) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE) . ; \
+	else \
+		echo "image: no container engine runs here (docker or podman): building with scripts/image"; \
+		$(MAKE) --no-print-directory image-dist; \
+	fi
+
+.PHONY: image-dist
+image-dist: build ## Build the image without an engine: dist/icapwatch-image.tar (docker load, crane push) and dist/icapwatch-oci (skopeo).
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./scripts/image -bin $(BIN) -version $(VERSION) -revision $(REVISION) \
+		-name $(IMAGE) -tar dist/icapwatch-image.tar -oci dist/icapwatch-oci
+
+.PHONY: package
+package: build ## Build the rpm and the deb into dist/ (binary, systemd unit, environment file, man page, completion).
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./scripts/package -bin $(BIN) -version $(VERSION) -out dist
 
 .PHONY: clean
 clean: ## Remove build output.

@@ -8,8 +8,10 @@ set -euo pipefail
 # builds the eBPF objects with exactly this compiler, so they do not drift.
 # prometheus: promtool checks the exported metrics (and later the rules).
 # tcpdump, tshark: make fixtures records test captures; make bench times tshark.
+# rpm, systemd: the packaging tests read and install the rpm (the packages
+# themselves are built by nfpm, in Go) and systemd-analyze verifies the units.
 packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev prometheus
-	tcpdump tshark)
+	tcpdump tshark rpm systemd)
 go_min=1.26
 
 missing=()
