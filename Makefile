@@ -18,7 +18,7 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
-deps: ## Install build and test dependencies (Debian packages, Go modules).
+deps: ## Install build and test dependencies (Debian packages, Go modules); scripts/deps.sh demo: only the demo's.
 	scripts/deps.sh
 
 .PHONY: generate

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Installs what icapwatch needs to build and test, from Debian's packages and
-# the Go module proxy. Safe to run again: it installs only what is missing.
+# Installs what icapwatch needs, from Debian's packages and the Go module
+# proxy. Safe to run again: it installs only what is missing.
+#
+#   scripts/deps.sh demo   what `make demo` needs: make and certificates (the
+#                          eBPF objects are committed; no compiler, no tools)
+#   scripts/deps.sh [test] everything to build, regenerate and test
+#
+# It needs neither make nor git, which a fresh Debian does not have.
 set -euo pipefail
+profile=${1:-test}
 
 # gcc: the race detector needs cgo. iproute2: network namespaces in tests.
 # clang-14, llvm-14 (llvm-strip), libbpf-dev and linux-libc-dev: make generate
@@ -10,8 +17,15 @@ set -euo pipefail
 # tcpdump, tshark: make fixtures records test captures; make bench times tshark.
 # rpm, systemd: the packaging tests read and install the rpm (the packages
 # themselves are built by nfpm, in Go) and systemd-analyze verifies the units.
-packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev prometheus
-	tcpdump tshark rpm systemd)
+case "$profile" in
+demo) packages=(ca-certificates make) ;;
+test) packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev prometheus
+	tcpdump tshark rpm systemd) ;;
+*)
+	echo "deps: usage: scripts/deps.sh [demo|test]" >&2
+	exit 2
+	;;
+esac
 go_min=1.26
 
 missing=()
@@ -24,8 +38,15 @@ if ((${#missing[@]})); then
 		exit 1
 	fi
 	echo "deps: installing ${missing[*]}"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# apt's progress and debconf's notes go to a log, shown only on failure.
+	log=$(mktemp)
+	trap 'rm -f "$log"' EXIT
+	if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		"${missing[@]}"; } >"$log" 2>&1; then
+		cat "$log" >&2
+		echo "deps: apt-get failed" >&2
+		exit 1
+	fi
 fi
 
 # Debian's golang package is older than the module needs; use the toolchain
