@@ -1,7 +1,8 @@
 # icapwatch — `make help` lists the targets.
 
 GO       ?= go
-BIN      := bin/icapwatch
+BIN      ?= bin/icapwatch
+DIST     ?= dist
 PKG      := github.com/icapwatch/icapwatch
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
@@ -102,11 +103,11 @@ image: ## Build the container image: docker or podman where one runs, else image
 .PHONY: image-dist
 image-dist: build ## Build the image without an engine: dist/icapwatch-image.tar (docker load, crane push) and dist/icapwatch-oci (skopeo).
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./scripts/image -bin $(BIN) -version $(VERSION) -revision $(REVISION) \
-		-name $(IMAGE) -tar dist/icapwatch-image.tar -oci dist/icapwatch-oci
+		-name $(IMAGE) -tar $(DIST)/icapwatch-image.tar -oci $(DIST)/icapwatch-oci
 
 .PHONY: package
 package: build ## Build the rpm and the deb into dist/ (binary, systemd unit, environment file, man page, completion).
-	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./scripts/package -bin $(BIN) -version $(VERSION) -out dist
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./scripts/package -bin $(BIN) -version $(VERSION) -out $(DIST)
 
 .PHONY: clean
 clean: ## Remove build output.
