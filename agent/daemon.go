@@ -59,6 +59,7 @@ type DaemonConfig struct {
 	Interfaces    []string
 	Source        string
 	TCMode        string // auto, tcx or netlink (clsact filters)
+	KernelEvents  string // the kernel's event buffer: auto, perf or ringbuf
 	Correlator    correlate.Config
 	SweepInterval time.Duration
 	Canary        CanaryConfig
@@ -81,6 +82,7 @@ func DefaultDaemonConfig() DaemonConfig {
 		Ports:         []uint16{icap.TLSPort, icap.PlainPort},
 		Source:        SourceAuto,
 		TCMode:        bpf.ModeAuto,
+		KernelEvents:  bpf.ModeAuto,
 		Correlator:    correlate.DefaultConfig(),
 		SweepInterval: time.Second,
 		Canary:        CanaryConfig{Interval: 30 * time.Second, PoolSize: 1, MaxIdle: 60 * time.Second},
@@ -107,6 +109,11 @@ func (c DaemonConfig) Validate() error {
 	case bpf.ModeAuto, bpf.TCModeTCX, bpf.TCModeNetlink:
 	default:
 		return fmt.Errorf("--tc-mode %q: want auto, tcx or netlink", c.TCMode)
+	}
+	switch c.KernelEvents {
+	case bpf.ModeAuto, bpf.OutputPerf, bpf.OutputRing:
+	default:
+		return fmt.Errorf("--kernel.events %q: want auto, perf or ringbuf", c.KernelEvents)
 	}
 	if err := c.Correlator.Validate(); err != nil {
 		return err
@@ -159,6 +166,7 @@ type Daemon struct {
 	next   int
 	full   bool
 	source string
+	output string // the kernel's event buffer, perf or ringbuf, on bpf
 	hooks  []bpf.HookStatus
 	lag    time.Duration // how late the source's events may reach the correlator
 }
@@ -200,6 +208,14 @@ func (d *Daemon) Source() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.source
+}
+
+// KernelEvents is the kernel's event buffer in use, perf or ringbuf, once
+// Run has chosen the bpf source; "" on any other.
+func (d *Daemon) KernelEvents() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.output
 }
 
 func (d *Daemon) onEvent(e correlate.Event) {
@@ -295,7 +311,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Unlock()
 	tick := time.NewTimer(time.Until(next))
 	defer tick.Stop()
-	var lost uint64
+	var lost, late uint64
 	// sock_diag dumps every TCP socket of the host: as the source it runs
 	// every sweep; beside the kernel probes (seeding, unacked, unread) a
 	// slower pace will do, which matters with tens of thousands of sockets.
@@ -337,29 +353,51 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.mu.Unlock()
 			tick.Reset(time.Until(next))
 			if probe != nil {
-				if st, err := probe.Stats(false); err == nil && st.EventsLost > lost {
-					d.m.EventsLost.WithLabelValues(SourceBPF).Add(float64(st.EventsLost - lost))
-					lost = st.EventsLost
+				if st, err := probe.Stats(false); err == nil {
+					if st.EventsLost > lost {
+						d.m.EventsLost.WithLabelValues(SourceBPF).Add(float64(st.EventsLost - lost))
+						lost = st.EventsLost
+					}
+					if st.EventsLate > late {
+						d.m.EventsLate.WithLabelValues(SourceBPF).Add(float64(st.EventsLate - late))
+						late = st.EventsLate
+					}
 				}
 			}
 		case <-ctx.Done():
-			d.ready.Store(false)
-			start := time.Now()
-			var err error
-			if probe != nil {
-				<-counted
-				err = probe.Close() // unblocks the reader
+			return d.stop(probe, counted, &wg, <-webDone)
+		case werr := <-webDone:
+			// The server also ends, without error, when ctx does: only
+			// an error of its own is one of Run's.
+			if werr == nil && ctx.Err() != nil {
+				return d.stop(probe, counted, &wg, nil)
 			}
-			wg.Wait()
-			d.log.Info("stopped", "detach", time.Since(start).Round(time.Millisecond))
-			if werr := <-webDone; werr != nil && err == nil {
-				err = werr
+			cancel()
+			err := d.stop(probe, counted, &wg, nil)
+			if werr == nil {
+				werr = errors.New("stopped")
 			}
-			return err
-		case err := <-webDone:
-			return fmt.Errorf("http server: %w", err)
+			return errors.Join(fmt.Errorf("http server: %w", werr), err)
 		}
 	}
+}
+
+// stop takes the probe off once the flow counter is done with it and
+// waits for the reader and the canaries: Run's ctx has ended.
+func (d *Daemon) stop(probe *bpf.Probe, counted <-chan struct{}, wg *sync.WaitGroup, webErr error) error {
+	d.ready.Store(false)
+	start := time.Now()
+	var err error
+	if probe != nil {
+		<-counted
+		err = probe.Close() // unblocks the reader
+	}
+	wg.Wait()
+	d.log.Info("stopped", "detach", time.Since(start).Round(time.Millisecond))
+	if err == nil {
+		err = webErr
+	}
+	return err
 }
 
 // openSource attaches the kernel probes, or falls back to sock_diag.
@@ -370,13 +408,16 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 		cfg := bpf.DefaultConfig()
 		cfg.Ports, cfg.Interfaces, cfg.Logger = d.cfg.Ports, d.cfg.Interfaces, d.log.Named("bpf")
 		cfg.TC, cfg.MaxFlows = d.cfg.TCMode, kernelFlows(d.cfg.Correlator.MaxFlows)
+		cfg.Output = d.cfg.KernelEvents
 		p, err := bpf.Open(cfg)
 		switch {
 		case err == nil:
 			probe, source = p, SourceBPF
 			// The reader polls: an event waits up to a poll in the kernel's
-			// buffer, and up to another in the batch handed over.
-			d.lag = 2 * cfg.Poll
+			// buffer, on the perf buffer up to the reorder window more to
+			// be merged in time order, and up to another poll in the batch
+			// handed over.
+			d.lag = 2*cfg.Poll + p.ReorderWindow()
 		case source == SourceBPF:
 			return nil, nil, fmt.Errorf("--source bpf: %w", err)
 		default:
@@ -387,7 +428,7 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 	d.mu.Lock()
 	d.source = source
 	if probe != nil {
-		d.hooks = probe.Hooks()
+		d.hooks, d.output = probe.Hooks(), probe.Output()
 	}
 	d.mu.Unlock()
 	d.m.Source.WithLabelValues(source).Set(1)
@@ -396,6 +437,9 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 		d.m.Events.WithLabelValues(src)
 		d.m.EventsLost.WithLabelValues(src)
 	}
+	if probe != nil {
+		d.m.EventsLate.WithLabelValues(SourceBPF)
+	}
 	for _, h := range d.hooks {
 		v := 0.0
 		if h.Attached {
@@ -403,7 +447,11 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 		}
 		d.m.HookAttached.WithLabelValues(h.Name).Set(v)
 	}
-	d.log.Info("source", "source", source, "ports", fmt.Sprint(d.cfg.Ports))
+	if probe != nil {
+		d.log.Info("source", "source", source, "ports", fmt.Sprint(d.cfg.Ports), "events", probe.Output())
+	} else {
+		d.log.Info("source", "source", source, "ports", fmt.Sprint(d.cfg.Ports))
+	}
 	return probe, NewSockDiag(d.cfg.Ports, d.cfg.Proc, source == SourceSockDiag), nil
 }
 
@@ -441,7 +489,15 @@ func (d *Daemon) countKernelEvictions(ctx context.Context, p *bpf.Probe, every t
 	}
 }
 
-func (d *Daemon) readKernel(ctx context.Context, p *bpf.Probe, batches chan<- []observe.Observation, free <-chan []observe.Observation) {
+// kernelEvents is what readKernel takes from the probe: its events, in
+// kernel-time order, in batches.
+type kernelEvents interface {
+	ReadBatch(buf []bpf.Event) (int, error)
+}
+
+// readKernel hands the kernel's events to the correlator's loop in
+// batches, in the order the probe reads them.
+func (d *Daemon) readKernel(ctx context.Context, p kernelEvents, batches chan<- []observe.Observation, free <-chan []observe.Observation) {
 	evs := make([]bpf.Event, kernelBatch)
 	for {
 		n, err := p.ReadBatch(evs)

@@ -37,9 +37,21 @@ import (
 
 // TestEndToEnd runs the lab server, an application-like workload whose
 // pool is one larger than the server's workers, and the agent with real
-// eBPF on loopback; then it reads /metrics and the API.
+// eBPF on loopback; then it reads /metrics and the API. It runs on the
+// event buffer the kernel offers (the ring buffer where it has one), and
+// on the perf buffer, whose per-CPU events the reader merges in time
+// order, side by side.
 func TestEndToEnd(t *testing.T) {
 	testutil.RequireRoot(t)
+	for _, events := range []string{bpf.ModeAuto, bpf.OutputPerf} {
+		t.Run(events, func(t *testing.T) {
+			t.Parallel()
+			endToEnd(t, events)
+		})
+	}
+}
+
+func endToEnd(t *testing.T, events string) {
 	labCfg := icap.LabDefaults()
 	labCfg.Listen, labCfg.PlainListen = "127.0.0.1:0", ""
 	labCfg.Workers = 2
@@ -53,11 +65,16 @@ func TestEndToEnd(t *testing.T) {
 	target := fmt.Sprintf("icaps://%s/%s", labAddr, labCfg.Service)
 
 	cfg := loopbackAgent(labAddr.Port)
+	cfg.KernelEvents = events
 	// The canary keeps its connection past the lab's idle timeout, to see
 	// the server's idle close.
 	cfg.Canary = CanaryConfig{Targets: []string{target}, Interval: 5 * time.Second, Insecure: true,
 		PoolSize: 1, MaxIdle: 6 * time.Second}
-	base := startDaemon(t, cfg)
+	d, base := runDaemon(t, cfg)
+	if got := d.KernelEvents(); events != bpf.ModeAuto && got != events {
+		t.Fatalf("the agent reads the %q buffer, want %q", got, events)
+	}
+	t.Logf("events through %s", d.KernelEvents())
 
 	// The seed: bursts that need a third connection behind two idle ones.
 	wctx, wcancel := context.WithTimeout(context.Background(), 13*time.Second)
@@ -93,6 +110,17 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("tc_ingress reported attached (%v) on lo, where only egress is", got)
 	}
 	want("icapwatch_source", map[string]string{"source": SourceBPF}, 1)
+	// Every event came in kernel-time order, and no stall ended because
+	// the agent lost track of it: what an answer read before its request
+	// looks like.
+	if mf := metrics["icapwatch_events_late_total"]; mf == nil {
+		t.Error("icapwatch_events_late_total is not exported")
+	} else if got := sum(metrics, "icapwatch_events_late_total", nil); got != 0 {
+		t.Errorf("icapwatch_events_late_total = %v, want 0", got)
+	}
+	if got := sum(metrics, "icapwatch_stall_outcomes_total", map[string]string{"outcome": correlate.OutcomeEvicted}); got != 0 {
+		t.Errorf("icapwatch_stall_outcomes_total{outcome=%q} = %v, want 0", correlate.OutcomeEvicted, got)
+	}
 	answered := float64(st.Requests - st.Failed)
 	if got := histCountOf(metrics, "icapwatch_exchange_duration_seconds", map[string]string{"phase": "request"}); got < answered {
 		t.Errorf("gap histogram counts %v request exchanges, the workload had %v answered (and one more OPTIONS)", got, answered)
@@ -218,6 +246,13 @@ func loopbackAgent(port int) DaemonConfig {
 // within 5 s; it returns the agent's base URL once it is ready.
 func startDaemon(t *testing.T, cfg DaemonConfig) string {
 	t.Helper()
+	_, base := runDaemon(t, cfg)
+	return base
+}
+
+// runDaemon is startDaemon that also returns the agent.
+func runDaemon(t *testing.T, cfg DaemonConfig) (*Daemon, string) {
+	t.Helper()
 	d, err := NewDaemon(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +273,7 @@ func startDaemon(t *testing.T, cfg DaemonConfig) string {
 	})
 	base := "http://" + (<-d.Addr()).String()
 	waitReady(t, base)
-	return base
+	return d, base
 }
 
 func waitReady(t *testing.T, base string) {

@@ -3,11 +3,11 @@ package bpf
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/unix"
 )
@@ -21,11 +21,7 @@ func Check(cfg Config) Report {
 	if unix.Uname(&uts) == nil {
 		r.Kernel = unix.ByteSliceToString(uts.Release[:])
 	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err == nil {
-		r.add("btf", true, true, "/sys/kernel/btf/vmlinux")
-	} else {
-		r.add("btf", false, true, "no kernel BTF: the kprobes cannot find struct offsets")
-	}
+	r.checkBTF(kernelBTF)
 	switch root, err := FindTracefs(); {
 	case err == nil:
 		r.add("tracefs", true, false, root)
@@ -77,6 +73,23 @@ func Check(cfg Config) Report {
 		r.add("detach", false, false, err.Error())
 	}
 	return r
+}
+
+// checkBTF reports the kernel BTF the kprobes would take their struct
+// offsets from, found by search as the loader finds it: the file, or why
+// there is none that serves.
+func (r *Report) checkBTF(search func() (*btf.Spec, string, error)) {
+	spec, from, err := search()
+	if err != nil {
+		r.add("btf", false, true, fmt.Sprintf("no kernel BTF: the kprobes cannot find their struct offsets (%v)", err))
+		return
+	}
+	var c icapwatchConfig
+	if err := kprobeOffsets(spec, &c); err != nil {
+		r.add("btf", false, true, fmt.Sprintf("%s: the kprobes cannot find their struct offsets: %v", from, err))
+		return
+	}
+	r.add("btf", true, true, "struct offsets for the kprobes from "+from)
 }
 
 // checkPrograms loads each program of the baseline object alone, with the

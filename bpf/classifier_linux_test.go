@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
 	"github.com/icapwatch/icapwatch/bpf/bpftest"
 	"github.com/icapwatch/icapwatch/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -18,6 +19,9 @@ import (
 func loadForRun(t testing.TB, output string) *Probe {
 	t.Helper()
 	testutil.RequireRoot(t)
+	if output == OutputRing {
+		requireRingBuf(t)
+	}
 	cfg := DefaultConfig()
 	cfg.Output = output
 	cfg.Kprobes = KprobesOff
@@ -30,6 +34,99 @@ func loadForRun(t testing.TB, output string) *Probe {
 	}
 	t.Cleanup(func() { p.Close() })
 	return p
+}
+
+// requireRingBuf skips the test where the kernel has no BPF ring buffer,
+// as the loader finds out: by probing for the map type, not from a load's
+// error (4.19 refuses the map with EINVAL). Linux has it from 5.8: on a
+// kernel that recent, a missing ring buffer fails the test when
+// privileged tests are required.
+func requireRingBuf(t testing.TB) {
+	t.Helper()
+	ringBufVerdict(t, features.HaveMapType(ebpf.RingBuf), kernelRelease(t))
+}
+
+// ringBufVerdict is requireRingBuf for the probe's answer on a release.
+func ringBufVerdict(t testing.TB, probe error, release string) {
+	t.Helper()
+	switch {
+	case probe == nil:
+	case !errors.Is(probe, ebpf.ErrNotSupported):
+		t.Fatalf("probe for the BPF ring buffer: %v", probe)
+	case releaseAtLeast(t, release, 5, 8):
+		testutil.SkipOrFail(t, "no BPF ring buffer on Linux %s: %v", release, probe)
+	default:
+		t.Skipf("no BPF ring buffer on Linux %s (it came in 5.8): %v", release, probe)
+	}
+}
+
+// kernelRelease is uname -r.
+func kernelRelease(t testing.TB) string {
+	t.Helper()
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		t.Fatal(err)
+	}
+	return unix.ByteSliceToString(uts.Release[:])
+}
+
+// releaseAtLeast says whether a kernel release is at least major.minor:
+// for what a test may expect of the kernel, never for what the agent
+// uses.
+func releaseAtLeast(t testing.TB, release string, major, minor int) bool {
+	t.Helper()
+	var maj, mnr int
+	if _, err := fmt.Sscanf(release, "%d.%d", &maj, &mnr); err != nil {
+		t.Fatalf("kernel release %q: %v", release, err)
+	}
+	return maj > major || maj == major && mnr >= minor
+}
+
+// verdictTB records what a test helper decided instead of deciding it.
+type verdictTB struct {
+	testing.TB
+	said string
+}
+
+func (v *verdictTB) Helper() {}
+func (v *verdictTB) Skipf(format string, args ...any) {
+	v.said = "skip: " + fmt.Sprintf(format, args...)
+}
+func (v *verdictTB) Fatalf(format string, args ...any) {
+	v.said = "fail: " + fmt.Sprintf(format, args...)
+}
+
+// A ring buffer test skips on a kernel older than 5.8 even where skips
+// are failures, and fails on a newer kernel that lacks it.
+func TestRingBufVerdict(t *testing.T) {
+	missing := fmt.Errorf("map type RingBuf: %w", ebpf.ErrNotSupported)
+	for _, tc := range []struct {
+		probe    error
+		release  string
+		required bool
+		want     string
+	}{
+		{nil, "4.19.304", true, ""},
+		{missing, "4.19.304", true, "skip"},
+		{missing, "4.18.0-394.el8.x86_64", true, "skip"},
+		{missing, "5.8.0", true, "fail"},
+		{missing, "6.1.0-28-amd64", true, "fail"},
+		{missing, "6.1.0-28-amd64", false, "skip"},
+		{unix.EPERM, "4.19.304", false, "fail"},
+	} {
+		t.Run(fmt.Sprintf("%v/%s/%v", tc.probe != nil, tc.release, tc.required), func(t *testing.T) {
+			require := ""
+			if tc.required {
+				require = "require"
+			}
+			t.Setenv(testutil.EnvRequire, require)
+			v := &verdictTB{TB: t}
+			ringBufVerdict(v, tc.probe, tc.release)
+			if got, _, _ := strings.Cut(v.said, ":"); got != tc.want {
+				t.Errorf("%q, want %s", v.said, tc.want)
+			}
+		})
+	}
 }
 
 // testEnums are the C enums of the compiled object, for the cases' names.

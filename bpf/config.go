@@ -135,6 +135,7 @@ type Stats struct {
 	FlowsFull    uint64
 	Events       uint64 // events written to the buffer
 	EventsLost   uint64 // refused by the buffer in the kernel, or lost by the reader
+	EventsLate   uint64 // returned after a later event (perf buffer, see EventReader.Read); not lost
 	Tracepoint   uint64
 	Kprobe       uint64
 	Flows        int // entries in the flow table now

@@ -114,6 +114,43 @@ func DecodeEvent(b []byte) (Event, error) {
 	return e, nil
 }
 
+// EncodeEvent is the sample the kernel writes for e: DecodeEvent's
+// inverse, for tests that give a reader samples. Time is not in a sample,
+// and Comm is cut to 15 bytes, as TASK_COMM_LEN cuts it.
+func EncodeEvent(e Event) []byte {
+	b := make([]byte, EventSize)
+	le := binary.LittleEndian
+	le.PutUint64(b[offTsNs:], uint64(e.Mono))
+	le.PutUint64(b[offRefNs:], uint64(e.RefMono))
+	le.PutUint64(b[offSkaddr:], e.Sock)
+	b[offType], b[offDir], b[offHook] = e.Type, e.Dir, e.Hook
+	le.PutUint32(b[offFlags:], e.Flags)
+	le.PutUint32(b[offIfindex:], e.Ifindex)
+	le.PutUint32(b[offSeq:], e.Seq)
+	le.PutUint32(b[offAck:], e.Ack)
+	le.PutUint32(b[offLen:], e.Len)
+	le.PutUint32(b[offBytes:], e.Bytes)
+	b[offRecordType], b[offPhase] = e.RecordType, e.Phase
+	le.PutUint16(b[offRecordLen:], e.RecordLen)
+	le.PutUint32(b[offOldState:], uint32(e.OldState))
+	le.PutUint32(b[offNewState:], uint32(e.NewState))
+	le.PutUint32(b[offPid:], e.PID)
+	copy(b[offComm:offComm+commLen-1], e.Comm)
+	switch {
+	case e.Client.Addr().Is4() && e.Server.Addr().Is4():
+		b[offFamily] = afInet
+	case e.Client.Addr().Is6() && e.Server.Addr().Is6():
+		b[offFamily] = afInet6
+	}
+	if b[offFamily] != 0 {
+		copy(b[offClient:offClient+addrLen], e.Client.Addr().AsSlice())
+		copy(b[offServer:offServer+addrLen], e.Server.Addr().AsSlice())
+		le.PutUint16(b[offClientPort:], e.Client.Port())
+		le.PutUint16(b[offServerPort:], e.Server.Port())
+	}
+	return b
+}
+
 func cString(b []byte) string {
 	if i := bytes.IndexByte(b, 0); i >= 0 {
 		b = b[:i]

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"net/netip"
@@ -72,6 +73,9 @@ func TestDecodeEvent(t *testing.T) {
 	if e != want {
 		t.Errorf("got  %+v\nwant %+v", e, want)
 	}
+	if got := EncodeEvent(want); !bytes.Equal(got, b) {
+		t.Errorf("EncodeEvent(%+v):\n got  %x\n want %x", want, got, b)
+	}
 
 	b[offFamily] = afInet6
 	copy(b[offClient:], netip.MustParseAddr("2001:db8::1").AsSlice())
@@ -93,8 +97,13 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(make([]byte, EventSize))
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if _, err := DecodeEvent(b); err == nil && len(b) < EventSize {
+		e, err := DecodeEvent(b)
+		if err == nil && len(b) < EventSize {
 			t.Fatal("short sample decoded")
+		}
+		// The kernel ends a comm with a NUL within its 16 bytes.
+		if again, _ := DecodeEvent(EncodeEvent(e)); err == nil && len(e.Comm) < commLen && again != e {
+			t.Fatalf("decoded %+v, encoded and decoded again %+v", e, again)
 		}
 	})
 }

@@ -68,10 +68,12 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 	}
 	kprobes := cfg.Kprobes != KprobesOff
 	if kprobes && !opts.verifyKprobes {
-		if reason := kprobeSettings(&settings); reason != "" {
+		if from, reason := kprobeSettings(&settings); reason != "" {
 			kprobes = false
 			p.addHook(HookStatus{Name: HookSendmsg, Optional: true, Error: reason})
 			p.addHook(HookStatus{Name: HookCleanupRbuf, Optional: true, Error: reason})
+		} else {
+			log.Debug("kprobe struct offsets from the kernel's BTF", "path", from)
 		}
 	}
 
@@ -134,8 +136,6 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 	if err := p.openReader(cfg); err != nil {
 		return nil, err
 	}
-	p.wallOff = wallOffset()
-	p.poll = cfg.Poll
 	return p, nil
 }
 

@@ -24,12 +24,11 @@ func TestKprobeProgramsVerify(t *testing.T) {
 	if err := features.HaveProgramType(ebpf.Kprobe); err != nil {
 		testutil.SkipOrFail(t, "no kprobe program type: %v", err)
 	}
-	outputs := []string{OutputPerf}
-	if features.HaveMapType(ebpf.RingBuf) == nil {
-		outputs = append(outputs, OutputRing)
-	}
-	for _, output := range outputs {
+	for _, output := range []string{OutputPerf, OutputRing} {
 		t.Run(output, func(t *testing.T) {
+			if output == OutputRing {
+				requireRingBuf(t)
+			}
 			cfg := DefaultConfig()
 			cfg.Output = output
 			p, err := loadWith(cfg, loadOptions{verifyKprobes: true})
@@ -105,9 +104,7 @@ func TestLoadFallsBack(t *testing.T) {
 		}
 	})
 	t.Run("ringbuf", func(t *testing.T) {
-		if err := features.HaveMapType(ebpf.RingBuf); err != nil {
-			testutil.SkipOrFail(t, "no ring buffer: %v", err)
-		}
+		requireRingBuf(t)
 		cfg := DefaultConfig()
 		cfg.Kprobes = KprobesOff
 		p, err := loadWith(cfg, loadOptions{edit: badRing})

@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime"
 
@@ -95,23 +96,33 @@ func containsInt(list []int, v int) bool {
 }
 
 // kprobeSettings fills the pt_regs and sock_common offsets from the
-// kernel's BTF. It returns why kprobes cannot run, or "".
-func kprobeSettings(c *icapwatchConfig) string {
+// kernel's BTF. It returns the file the BTF came from, or why kprobes
+// cannot run.
+func kprobeSettings(c *icapwatchConfig) (from, reason string) {
 	c.KpArg1, c.KpArg2, c.KpArg3 = offNone, offNone, offNone
 	if _, err := os.Stat("/sys/bus/event_source/devices/kprobe"); err != nil {
 		if root, err := FindTracefs(); err != nil || !exists(root+"/kprobe_events") {
-			return "this kernel has no kprobes"
+			return "", "this kernel has no kprobes"
 		}
 	}
-	spec, err := btf.LoadKernelSpec()
+	spec, from, err := kernelBTF()
 	if err != nil {
-		return fmt.Sprintf("no kernel BTF for struct sock_common offsets: %v", err)
+		return "", fmt.Sprintf("no kernel BTF for struct sock_common offsets: %v", err)
 	}
+	if err := kprobeOffsets(spec, c); err != nil {
+		return "", fmt.Sprintf("kernel BTF at %s: %v", from, err)
+	}
+	return from, ""
+}
+
+// kprobeOffsets fills what the kprobes read from the kernel's structs:
+// where struct pt_regs holds the first three arguments, and the members
+// of struct sock_common.
+func kprobeOffsets(spec *btf.Spec, c *icapwatchConfig) error {
 	args, err := argOffsets(spec, runtime.GOARCH)
 	if err != nil {
-		return err.Error()
+		return err
 	}
-	c.KpArg1, c.KpArg2, c.KpArg3 = args[0], args[1], args[2]
 	for _, f := range []struct {
 		name string
 		dst  *uint16
@@ -122,11 +133,63 @@ func kprobeSettings(c *icapwatchConfig) string {
 	} {
 		off, err := memberOffset(spec, "sock_common", f.name)
 		if err != nil {
-			return err.Error()
+			return err
 		}
 		*f.dst = off
 	}
-	return ""
+	c.KpArg1, c.KpArg2, c.KpArg3 = args[0], args[1], args[2]
+	return nil
+}
+
+// kernelBTF loads the running kernel's BTF and says from which file:
+// /sys/kernel/btf/vmlinux, else a vmlinux carrying BTF where libbpf and
+// cilium/ebpf's btf.LoadKernelSpec look for one (kernels built without
+// CONFIG_DEBUG_INFO_BTF, such as 4.19, may have one under /boot).
+func kernelBTF() (*btf.Spec, string, error) {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return nil, "", fmt.Errorf("uname: %w", err)
+	}
+	return findKernelBTF(btfPaths(unix.ByteSliceToString(uts.Release[:])), btf.LoadSpec)
+}
+
+// btfPaths are where kernel BTF is looked for, in order: libbpf's list
+// (btf__load_vmlinux_btf), which cilium/ebpf's btf.LoadKernelSpec uses too.
+func btfPaths(release string) []string {
+	paths := []string{"/sys/kernel/btf/vmlinux"}
+	for _, p := range []string{
+		"/boot/vmlinux-%s",
+		"/lib/modules/%s/vmlinux-%[1]s",
+		"/lib/modules/%s/build/vmlinux",
+		"/usr/lib/modules/%s/kernel/vmlinux",
+		"/usr/lib/debug/boot/vmlinux-%s",
+		"/usr/lib/debug/boot/vmlinux-%s.debug",
+		"/usr/lib/debug/lib/modules/%s/vmlinux",
+	} {
+		paths = append(paths, fmt.Sprintf(p, release))
+	}
+	return paths
+}
+
+// findKernelBTF loads the first of paths that load does, skipping those
+// that do not exist and, as libbpf does, those that carry no BTF (a
+// vmlinux built without it). The error names each file that was there.
+func findKernelBTF(paths []string, load func(string) (*btf.Spec, error)) (*btf.Spec, string, error) {
+	var errs []error
+	for _, path := range paths {
+		spec, err := load(path)
+		if err == nil {
+			return spec, path, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
+		}
+	}
+	if len(errs) == 0 {
+		return nil, "", fmt.Errorf("none of /sys/kernel/btf/vmlinux and a vmlinux under /boot, /lib/modules or /usr/lib/debug: %w",
+			btf.ErrNotSupported)
+	}
+	return nil, "", errors.Join(errs...)
 }
 
 func exists(path string) bool {

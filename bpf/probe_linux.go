@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -25,14 +24,8 @@ type Probe struct {
 	links   []link.Link
 	perf    *perf.Reader
 	ring    *ringbuf.Reader
-	perfRec perf.Record // reused by each read
-	ringRec ringbuf.Record
+	events  *EventReader // reads perf or ring
 	output  string
-	poll    time.Duration // how often Read looks for events without a wakeup
-	lost    atomic.Uint64 // samples the perf reader reported lost
-	// deadline is the caller's, set by SetDeadline; Read polls until then.
-	deadline atomic.Pointer[time.Time]
-	wallOff  time.Duration // wall clock minus monotonic clock
 
 	// statsMu guards the flow counting's state.
 	statsMu   sync.Mutex
@@ -121,6 +114,21 @@ func (p *Probe) RunClassifier(egress bool, frame []byte) (uint32, error) {
 
 // Output says which buffer carries the events: perf or ringbuf.
 func (p *Probe) Output() string { return p.output }
+
+// Read blocks until the next event: see EventReader.Read.
+func (p *Probe) Read() (Event, error) { return p.events.Read() }
+
+// ReadBatch reads a burst of events: see EventReader.ReadBatch.
+func (p *Probe) ReadBatch(buf []Event) (int, error) { return p.events.ReadBatch(buf) }
+
+// SetDeadline makes a blocked Read return os.ErrDeadlineExceeded at t; the
+// zero time removes the deadline.
+func (p *Probe) SetDeadline(t time.Time) { p.events.SetDeadline(t) }
+
+// ReorderWindow is how long an event is held to be merged back in kernel
+// time order: a poll interval on the perf buffer, 0 on the ring buffer.
+// Read returns an event up to a poll and this window after it happened.
+func (p *Probe) ReorderWindow() time.Duration { return p.events.ReorderWindow() }
 
 // Hooks lists every hook with its state, TC first.
 func (p *Probe) Hooks() []HookStatus {

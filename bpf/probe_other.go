@@ -23,4 +23,5 @@ func (*Probe) RunClassifier(bool, []byte) (uint32, error) { return 0, ErrNotSupp
 func (*Probe) Hooks() []HookStatus                        { return nil }
 func (*Probe) Stats(bool) (Stats, error)                  { return Stats{}, ErrNotSupported }
 func (*Probe) Output() string                             { return "" }
+func (*Probe) ReorderWindow() time.Duration               { return 0 }
 func (*Probe) Close() error                               { return nil }

@@ -40,7 +40,8 @@ func (p *Probe) Stats(countFlows bool) (Stats, error) {
 			*f += v
 		}
 	}
-	s.EventsLost += p.lost.Load()
+	s.EventsLost += p.events.Lost()
+	s.EventsLate = p.events.Late()
 	if !countFlows {
 		return s, nil
 	}

@@ -40,6 +40,7 @@ type Metrics struct {
 	PoolExhausted       *prometheus.CounterVec   // target
 	Events              *prometheus.CounterVec   // source
 	EventsLost          *prometheus.CounterVec   // source
+	EventsLate          *prometheus.CounterVec   // source
 	Source              *prometheus.GaugeVec     // source: 1 for the one in use
 	FlowEvictions       prometheus.Counter
 	KernelFlowEvictions prometheus.Counter   // estimated from the kernel's counters
@@ -132,6 +133,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Observations received, by source."}, []string{"source"}),
 		EventsLost: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_lost_total"),
 			Help: "Observations lost (buffer full, undecodable), by source."}, []string{"source"}),
+		EventsLate: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_late_total"),
+			Help: "Observations delivered after a later one, out of time order (still delivered), by source."},
+			[]string{"source"}),
 		Source: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("source"),
 			Help: "1 for the source of wire observations in use: bpf, or sockdiag where BPF is not allowed."},
 			[]string{"source"}),
@@ -150,7 +154,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.StallReleases, m.IdleCloseRaces, m.ReuseIdleAge, m.TLSAlerts,
 			m.ConnectionCloses, m.Retransmits, m.MeasurementSkew,
 			m.ProbeSuccess, m.ProbePhase, m.ProbeFailures, m.PoolConnections,
-			m.PoolExhausted, m.Events, m.EventsLost, m.Source, m.FlowEvictions,
+			m.PoolExhausted, m.Events, m.EventsLost, m.EventsLate, m.Source, m.FlowEvictions,
 			m.KernelFlowEvictions, m.HookAttached, m.BuildInfo)
 	}
 	return m

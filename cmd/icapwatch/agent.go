@@ -37,6 +37,8 @@ func addAgentFlags(c *kingpin.CmdClause, name string, cfg *agent.DaemonConfig, p
 		Default(d.Source).EnumVar(&cfg.Source, agent.SourceAuto, agent.SourceBPF, agent.SourceSockDiag)
 	flag(c, name, "tc-mode", "How the TC classifier is attached: auto (TCX where the kernel has it, else clsact filters), tcx or netlink (clsact filters).").
 		Default(d.TCMode).EnumVar(&cfg.TCMode, bpf.ModeAuto, bpf.TCModeTCX, bpf.TCModeNetlink)
+	flag(c, name, "kernel.events", "The kernel's event buffer: auto (the BPF ring buffer where the kernel has it, else the perf buffer), ringbuf or perf.").
+		Default(d.KernelEvents).EnumVar(&cfg.KernelEvents, bpf.ModeAuto, bpf.OutputRing, bpf.OutputPerf)
 	flag(c, name, "stall-threshold", "An exchange open this long is a stall.").Default(d.Correlator.StallThreshold.String()).DurationVar(&cfg.Correlator.StallThreshold)
 	flag(c, name, "race-window", "A server close this soon after a request crossed it.").Default(d.Correlator.RaceWindow.String()).DurationVar(&cfg.Correlator.RaceWindow)
 	flag(c, name, "release-window", "A stalled answer this soon after the server closed another connection was released by it.").Default(d.Correlator.ReleaseWindow.String()).DurationVar(&cfg.Correlator.ReleaseWindow)

@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/icapwatch/icapwatch/agent"
 	"github.com/icapwatch/icapwatch/agent/correlate"
+	"github.com/icapwatch/icapwatch/bpf"
 	"github.com/icapwatch/icapwatch/icap"
 	"github.com/icapwatch/icapwatch/internal/humanize"
 	"github.com/icapwatch/icapwatch/internal/workload"
@@ -48,6 +49,8 @@ func registerDemo(app *kingpin.Application) *demoCmd {
 	intVar(flag(c, "demo", "conns", "The application's pool size; one more than the workers reproduces the seed.").Default("3"), &d.conns)
 	flag(c, "demo", "seed", "Seed of the application's random pauses and requests.").Default("1").Uint64Var(&d.seed)
 	flag(c, "demo", "source", "auto, bpf or sockdiag.").Default(agent.SourceAuto).EnumVar(&d.cfg.Source, agent.SourceAuto, agent.SourceBPF, agent.SourceSockDiag)
+	flag(c, "demo", "kernel.events", "The kernel's event buffer: auto, ringbuf or perf.").Default(bpf.ModeAuto).
+		EnumVar(&d.cfg.KernelEvents, bpf.ModeAuto, bpf.OutputRing, bpf.OutputPerf)
 	flag(c, "demo", "stall-threshold", "An exchange open this long is a stall.").Default("10s").DurationVar(&d.cfg.Correlator.StallThreshold)
 	webFlags(c, "demo", &d.cfg.Web, "127.0.0.1:9344")
 	return d
@@ -143,7 +146,8 @@ func (d *demoCmd) run(ctx context.Context, log hclog.Logger, stdout io.Writer) e
 	source.Store(src)
 	switch {
 	case src == agent.SourceBPF:
-		say("agent attached its eBPF hooks to lo: watching port %d", labAddr.Port)
+		say("agent attached its eBPF hooks to lo: watching port %d, events through the %s buffer",
+			labAddr.Port, map[string]string{bpf.OutputPerf: "perf", bpf.OutputRing: "ring"}[daemon.KernelEvents()])
 	case cfg.Source == agent.SourceSockDiag:
 		say("the agent runs on sock_diag as asked, with coarser timing: %s", sockDiagLimits)
 	case src != "":

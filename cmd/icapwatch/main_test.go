@@ -269,33 +269,47 @@ func TestCheckCommand(t *testing.T) {
 	}
 }
 
-// TestDemo runs the demo briefly on both sources: the hang is caught,
-// explained as a release, and summed up per server.
+// TestDemo runs the demo briefly on both sources, and on eBPF through the
+// buffer the kernel offers and through the perf buffer, side by side: the
+// hang is caught, explained as a release, and summed up per server.
 func TestDemo(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, source := range []string{"bpf", "sockdiag"} {
-		t.Run(source, func(t *testing.T) {
-			var out, errb bytes.Buffer
+	for _, tc := range []struct{ name, source, events string }{
+		{"bpf", "bpf", "auto"},
+		{"bpf-perf", "bpf", "perf"},
+		{"sockdiag", "sockdiag", "auto"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var out, errb syncBuffer
 			code := run(context.Background(), []string{"demo", "--duration", "22s", "--listen", "127.0.0.1:0",
 				"--idle-timeout", "6s", "--stall-threshold", "2s", "--web.listen-address", "127.0.0.1:0",
-				"--source", source}, &out, &errb)
+				"--source", tc.source, "--kernel.events", tc.events}, &out, &errb)
 			text := out.String()
 			if code != 0 {
 				t.Fatalf("exit %d\n%s\n%s", code, text, errb.String())
 			}
-			wants := []string{"no answer for", "(acked_silent)", "SERVER", "source: " + source}
-			if source == "bpf" {
+			wants := []string{"no answer for", "(acked_silent)", "SERVER", "source: " + tc.source}
+			if tc.source == "bpf" {
 				// sock_diag polls: it sees the stall, but the closes that
 				// release it come and go between two polls.
 				wants = append(wants, "a sibling connection (",
 					"server workers held by idle persistent connections")
+			}
+			if tc.events == "perf" {
+				wants = append(wants, "events through the perf buffer")
 			}
 			for _, want := range wants {
 				if !strings.Contains(text, want) {
 					t.Errorf("output lacks %q:\n%s\n%s", want, text, errb.String())
 				}
 			}
-			if source == "sockdiag" && !strings.Contains(text, "runs on sock_diag") {
+			// A stall that ends evicted is one the agent lost track of:
+			// what an answer read before its request looks like.
+			if strings.Contains(text, "evicted") {
+				t.Errorf("a stall ended evicted:\n%s", text)
+			}
+			if tc.source == "sockdiag" && !strings.Contains(text, "runs on sock_diag") {
 				t.Errorf("the demo does not say it runs on sock_diag:\n%s", text)
 			}
 		})
