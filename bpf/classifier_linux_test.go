@@ -293,6 +293,42 @@ func TestHeldRecordKeepsItsTime(t *testing.T) {
 	}
 }
 
+// TestResetDatesHeldCloseNotify: a close_notify proved by the reset behind
+// it comes with the reset, in the order of the events' stamps, and holds
+// the time of its record, the moment the server began to close, in
+// RefMono.
+func TestResetDatesHeldCloseNotify(t *testing.T) {
+	p := loadForRun(t, OutputPerf)
+	c := bpftest.NewConn(bpftest.Cli4, bpftest.Srv4).
+		Client(bpftest.ACK|bpftest.PSH, bpftest.TLSRecord(0x17, 300)).
+		Server(bpftest.ACK|bpftest.PSH, bpftest.TLSRecord(0x17, 200)).
+		Server(bpftest.ACK|bpftest.PSH, bpftest.TLSRecord(0x17, 19)).
+		Server(bpftest.RST|bpftest.ACK, nil)
+	var before time.Duration
+	for i, s := range c.Steps {
+		if i == 3 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if _, err := p.RunClassifier(s.Egress, s.Seg.Frame()); err != nil {
+			t.Fatal(err)
+		}
+		if i == 2 {
+			before = monoNow()
+		}
+	}
+	got := drain(t, p)
+	if len(got) != 4 || got[2].Type != uint8(icapwatchEventTypeEV_TLS_ALERT) || got[3].Type != evRST {
+		t.Fatalf("got %s", describe(got))
+	}
+	if alert, reset := got[2], got[3]; alert.RefMono == 0 || alert.RefMono > before || alert.Mono != reset.Mono {
+		t.Errorf("alert stamped %v with record time %v, reset at %v: want the reset's stamp and the record's time (seen by %v)",
+			alert.Mono, alert.RefMono, reset.Mono, before)
+	}
+	if got[2].Seq != 5205 || got[2].Len != 24 {
+		t.Errorf("alert at seq %d, %d bytes; want the record's, 5205 and 24", got[2].Seq, got[2].Len)
+	}
+}
+
 func monoNow() time.Duration {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {

@@ -467,6 +467,33 @@ static __always_inline void server_data(struct __sk_buff *skb, struct flow *f,
 }
 
 /*
+ * The end of a direction's stream (its FIN, or a reset) at end: a lone
+ * 19-byte record held right before it was that side's TLS 1.3
+ * close_notify. The alert is stamped now, when it is known, as every
+ * event is (the reader keeps the events in the order of their stamps),
+ * and ref_ns holds the record's own time: the moment that side began to
+ * close, which the correlator takes as the alert's time.
+ */
+static __always_inline void held_close_notify(struct __sk_buff *skb, struct flow *f,
+					      const struct flow_key *key, struct event *ev,
+					      __u8 dir, __u8 hook, __u64 now, __u32 end, __u32 ack)
+{
+	__u8 bit = 1 << (dir & 1);
+
+	if (!(f->pend & bit) || f->pend_end[dir & 1] != end)
+		return;
+	f->pend &= ~bit;
+	packet_event(ev, key, EV_TLS_ALERT, dir, hook, skb->ifindex, now,
+		     end - TLS_RECORD_HEADER - TLS13_ALERT_RECORD, ack,
+		     TLS_RECORD_HEADER + TLS13_ALERT_RECORD);
+	ev->ref_ns = f->pend_ns[dir & 1];
+	ev->flags = flow_flags(f) | EVF_PROBABLE;
+	ev->record_type = TLS_APPLICATION_DATA;
+	ev->record_len = TLS13_ALERT_RECORD;
+	emit(skb, ev);
+}
+
+/*
  * Copies a header out of the packet: straight from the linear data where
  * it is there (no helper call, the common case), else through
  * bpf_skb_load_bytes. off is at most ETH_HLEN + 60 (an IPv4 header with
@@ -613,9 +640,13 @@ static __always_inline int classify(struct __sk_buff *skb, __u8 hook)
 
 	if (s.flags & TH_RST) {
 		/*
-		 * The flow stays (the socket's CLOSE or the LRU removes it), so
-		 * that the reset's second sighting is known for one.
+		 * A reset right behind a held record ends that side's stream as a
+		 * FIN would: a server that closes with the peer's close_notify
+		 * unread resets instead of sending its FIN. The flow stays (the
+		 * socket's CLOSE or the LRU removes it), so that the reset's
+		 * second sighting is known for one.
 		 */
+		held_close_notify(skb, f, &key, ev, dir, hook, now, s.seq, s.ack);
 		packet_event(ev, &key, EV_RST, dir, hook, skb->ifindex, now, s.seq, s.ack, s.len);
 		ev->flags = flow_flags(f);
 		emit(skb, ev);
@@ -672,7 +703,10 @@ static __always_inline int classify(struct __sk_buff *skb, __u8 hook)
 			}
 		} else if (f->tls == TLS_YES && s.len == TLS_RECORD_HEADER + TLS13_ALERT_RECORD &&
 			   s.rec[0] == TLS_APPLICATION_DATA && record_len(&s) == TLS13_ALERT_RECORD) {
-			/* Hold a lone 19-byte record: with a FIN behind it, it is a close_notify. */
+			/*
+			 * Hold a lone 19-byte record: with a FIN or a reset right
+			 * behind it, it is a close_notify.
+			 */
 			if (s.flags & TH_FIN) {
 				packet_event(ev, &key, EV_TLS_ALERT, dir, hook, skb->ifindex, now,
 					     s.seq, s.ack, s.len);
@@ -713,16 +747,7 @@ fin:
 		__u32 fin_seq = s.seq + s.len;
 
 		f->known |= bit << 2;
-		if ((f->pend & bit) && f->pend_end[dir & 1] == fin_seq) {
-			f->pend &= ~bit;
-			packet_event(ev, &key, EV_TLS_ALERT, dir, hook, skb->ifindex,
-				     f->pend_ns[dir & 1], fin_seq - TLS_RECORD_HEADER - TLS13_ALERT_RECORD,
-				     s.ack, TLS_RECORD_HEADER + TLS13_ALERT_RECORD);
-			ev->flags = flow_flags(f) | EVF_PROBABLE;
-			ev->record_type = TLS_APPLICATION_DATA;
-			ev->record_len = TLS13_ALERT_RECORD;
-			emit(skb, ev);
-		}
+		held_close_notify(skb, f, &key, ev, dir, hook, now, fin_seq, s.ack);
 		packet_event(ev, &key, EV_FIN, dir, hook, skb->ifindex, now, s.seq, s.ack, s.len);
 		ev->flags = flow_flags(f);
 		emit(skb, ev);
@@ -849,6 +874,7 @@ int icapwatch_state(void *ctx)
 	struct flow_key key = {};
 	__u8 protocol = 0;
 	struct event *ev;
+	struct flow *f;
 
 	if (!cfg || !sc)
 		return 0;
@@ -875,7 +901,15 @@ int icapwatch_state(void *ctx)
 	if (ev->new_state == TCP_CLOSE) {
 		bpf_map_delete_elem(&owners, &ev->skaddr);
 		event_key(ev, &key);
-		if (bpf_map_delete_elem(&flows, &key) == 0)
+		/*
+		 * A socket closed with data unread, or with linger 0, reaches
+		 * CLOSE before it sends its reset. When the last thing it sent
+		 * is a held record, the flow stays for that reset to prove the
+		 * record a close_notify; the other end's CLOSE or the LRU
+		 * removes it. ev->dir is the way this socket sends.
+		 */
+		f = bpf_map_lookup_elem(&flows, &key);
+		if ((!f || !(f->pend & (1 << (ev->dir & 1)))) && bpf_map_delete_elem(&flows, &key) == 0)
 			count(CNT_FLOWS_DELETED);
 	}
 	emit(ctx, ev);

@@ -167,8 +167,9 @@ type Observation struct {
 	Source Source
 	Time   time.Time
 	// Ref is a related earlier time: the exchange's start (Acked, Answer),
-	// the flow's previous data (ExchangeStart, State from sock_diag). Zero
-	// when unknown.
+	// the flow's previous data (ExchangeStart, State from sock_diag), the
+	// record of a probable TLS 1.3 close_notify that the FIN or reset
+	// behind it proved (TLSAlert). Zero when unknown.
 	Ref  time.Time
 	Flow Flow
 	Dir  Direction

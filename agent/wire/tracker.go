@@ -224,6 +224,9 @@ func (t *Tracker) Packet(p Packet, out func(observe.Observation)) {
 	e := emitter{key: key, dir: dir, now: now, out: out}
 
 	if s.flags&thRST != 0 {
+		// A reset right behind a held record ends that side's stream as
+		// a FIN would (see held_close_notify).
+		t.heldCloseNotify(f, &e, s.seq, s.ack)
 		e.emit(observe.RST, dir, now, s.seq, s.ack, s.len, t.flowFlags(f))
 		f.reset = true
 		return
@@ -305,13 +308,24 @@ func (t *Tracker) fin(f *flow, s *segment, e *emitter) {
 		return
 	}
 	f.fin[d] = true
-	finSeq := s.seq + s.len
-	if f.pend[d] && f.pendEnd[d] == finSeq {
-		f.pend[d] = false
-		e.emit(observe.TLSAlert, e.dir, f.pendAt[d], finSeq-tlsHeader-tls13Alert, s.ack, tlsHeader+tls13Alert,
-			t.flowFlags(f)|observe.Probable)
-	}
+	t.heldCloseNotify(f, e, s.seq+s.len, s.ack)
 	e.emit(observe.FIN, e.dir, e.now, s.seq, s.ack, s.len, t.flowFlags(f))
+}
+
+// heldCloseNotify: the direction's stream ends at end (its FIN, or a
+// reset); a lone 19-byte record held right before it was that side's TLS
+// 1.3 close_notify. The alert comes now, with the record's time as its
+// Ref. See held_close_notify.
+func (t *Tracker) heldCloseNotify(f *flow, e *emitter, end, ack uint32) {
+	d := int(e.dir)
+	if !f.pend[d] || f.pendEnd[d] != end {
+		return
+	}
+	f.pend[d] = false
+	o := e.observation(observe.TLSAlert, e.dir, e.now, end-tlsHeader-tls13Alert, ack, tlsHeader+tls13Alert,
+		t.flowFlags(f)|observe.Probable)
+	o.Ref = f.pendAt[d]
+	e.send(o)
 }
 
 // finalFlightLen: see final_flight_len.
@@ -573,8 +587,7 @@ type emitter struct {
 // complete and send.
 func (e *emitter) emit(kind observe.Kind, dir observe.Direction, at time.Time, seq, ack, n uint32,
 	flags observe.Flags) observe.Observation {
-	o := observe.Observation{Kind: kind, Source: observe.SourceCapture, Time: at, Flow: e.key, Dir: dir,
-		Flags: flags, Seq: seq, Ack: ack, Len: n}
+	o := e.observation(kind, dir, at, seq, ack, n, flags)
 	switch kind {
 	case observe.ExchangeStart, observe.Acked, observe.Answer:
 		return o
@@ -584,3 +597,11 @@ func (e *emitter) emit(kind observe.Kind, dir observe.Direction, at time.Time, s
 }
 
 func (e *emitter) send(o observe.Observation) { e.out(o) }
+
+// observation builds one observation of the packet, for the caller to
+// complete and send.
+func (e *emitter) observation(kind observe.Kind, dir observe.Direction, at time.Time, seq, ack, n uint32,
+	flags observe.Flags) observe.Observation {
+	return observe.Observation{Kind: kind, Source: observe.SourceCapture, Time: at, Flow: e.key, Dir: dir,
+		Flags: flags, Seq: seq, Ack: ack, Len: n}
+}

@@ -156,3 +156,50 @@ func TestEvictionIsConstantWork(t *testing.T) {
 		t.Errorf("%d flows looked at for %d evictions and %d collections, want at most %d", tr.visits, st.Evictions, gcs, bound)
 	}
 }
+
+// A server that closes with the client's close_notify unread resets
+// instead of sending its FIN: the reset right behind a held 19-byte record
+// proves it a close_notify, which comes with the reset and holds the
+// record's time in Ref. A reset elsewhere proves nothing.
+func TestResetProvesHeldCloseNotify(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		resetSeq uint32
+		alert    bool
+	}{{"right behind the record", 230, true}, {"further on", 330, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := NewTracker([]uint16{11344}, 16)
+			cli := netip.MustParseAddrPort("192.0.2.10:40000")
+			var got []observe.Observation
+			send := func(ms int, toServer bool, flags byte, seq uint32, n int) {
+				tr.Packet(Packet{Time: time.Unix(0, 0).Add(time.Duration(ms) * time.Millisecond), IP: segmentTo(cli, toServer, flags, seq, n)},
+					func(o observe.Observation) { got = append(got, o) })
+			}
+			send(0, true, 0x18, 1, 305)   // the request
+			send(1, false, 0x18, 1, 205)  // the answer
+			send(2, false, 0x18, 206, 24) // close_notify, held
+			send(7, false, 0x14, tc.resetSeq, 0)
+			var kinds []observe.Kind
+			for _, o := range got {
+				kinds = append(kinds, o.Kind)
+			}
+			want := []observe.Kind{observe.ExchangeStart, observe.Answer, observe.RST}
+			if tc.alert {
+				want = []observe.Kind{observe.ExchangeStart, observe.Answer, observe.TLSAlert, observe.RST}
+			}
+			if !slices.Equal(kinds, want) {
+				t.Fatalf("observations %v, want %v", kinds, want)
+			}
+			if !tc.alert {
+				return
+			}
+			a := got[2]
+			if a.Dir != observe.ToClient || a.Flags&observe.Probable == 0 || a.Seq != 206 || a.Len != 24 {
+				t.Errorf("alert %+v: want the server's probable close_notify at seq 206, 24 bytes", a)
+			}
+			if !a.Time.Equal(got[3].Time) || !a.Ref.Equal(time.Unix(0, 0).Add(2*time.Millisecond)) {
+				t.Errorf("alert at %v with Ref %v: want the reset's time and the record's", a.Time, a.Ref)
+			}
+		})
+	}
+}

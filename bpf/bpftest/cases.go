@@ -167,6 +167,75 @@ func ClassifierCases() []Case {
 			},
 		},
 		{
+			// A server that closes with the client's close_notify unread
+			// resets instead of sending its FIN (c-icap, Go's crypto/tls).
+			Name: "tls13 server close_notify then reset",
+			Steps: NewConn(Cli4, Srv4).Client(ACK|PSH, TLSRecord(0x17, 300)).
+				Server(ACK|PSH, TLSRecord(0x17, 200)).
+				Server(ACK|PSH, TLSRecord(0x17, 19)).
+				Server(RST|ACK, nil).Steps,
+			Want: []Want{
+				{Type: start, Dir: toServer, Phase: request},
+				{Type: answer, Dir: toClient, Phase: request},
+				{Type: "EV_TLS_ALERT", Dir: toClient, Flags: "EVF_PROBABLE", Not: "EVF_OPEN_EXCHANGE"},
+				{Type: "EV_RST", Dir: toClient},
+			},
+		},
+		{
+			// The idle close as it goes on the wire: the server's
+			// close_notify, the client's at once with its FIN, then the
+			// server's reset. The server's alert comes with its reset,
+			// holding the time of its record, which came first.
+			Name: "tls13 server close_notify, the client's close_notify and FIN, the server's reset",
+			Steps: NewConn(Cli4, Srv4).Client(ACK|PSH, TLSRecord(0x17, 300)).
+				Server(ACK|PSH, TLSRecord(0x17, 200)).
+				Server(ACK|PSH, TLSRecord(0x17, 19)).
+				Client(ACK|PSH, TLSRecord(0x17, 19)).
+				Client(ACK|FIN, nil).
+				Server(RST|ACK, nil).Steps,
+			Want: []Want{
+				{Type: start, Dir: toServer, Phase: request},
+				{Type: answer, Dir: toClient, Phase: request},
+				{Type: "EV_TLS_ALERT", Dir: toServer, Flags: "EVF_PROBABLE"},
+				{Type: "EV_FIN", Dir: toServer},
+				{Type: "EV_TLS_ALERT", Dir: toClient, Flags: "EVF_PROBABLE"},
+				{Type: "EV_RST", Dir: toClient},
+			},
+		},
+		{
+			Name: "tls13 client close_notify then reset",
+			Steps: NewConn(Cli6, Srv6).Client(ACK|PSH, TLSRecord(0x17, 300)).
+				Server(ACK|PSH, TLSRecord(0x17, 200)).
+				Client(ACK|PSH, TLSRecord(0x17, 19)).
+				Client(RST|ACK, nil).Steps,
+			Want: []Want{
+				{Type: start, Dir: toServer, Phase: request},
+				{Type: answer, Dir: toClient, Phase: request},
+				{Type: "EV_TLS_ALERT", Dir: toServer, Flags: "EVF_PROBABLE"},
+				{Type: "EV_RST", Dir: toServer},
+			},
+		},
+		{
+			// Only a side's own reset ends its stream, and only right
+			// behind the record: the peer's reset, or one further on,
+			// proves nothing of it.
+			Name: "a held record and a reset elsewhere is no alert",
+			Steps: func() []Step {
+				c := NewConn(Cli4, Srv4).Client(ACK|PSH, TLSRecord(0x17, 300)).
+					Server(ACK|PSH, TLSRecord(0x17, 200)).
+					Server(ACK|PSH, TLSRecord(0x17, 19)).
+					Client(RST|ACK, nil)
+				c.SSeq += 100
+				return c.Server(RST|ACK, nil).Steps
+			}(),
+			Want: []Want{
+				{Type: start, Dir: toServer, Phase: request},
+				{Type: answer, Dir: toClient, Phase: request},
+				{Type: "EV_RST", Dir: toServer},
+				{Type: "EV_RST", Dir: toClient},
+			},
+		},
+		{
 			Name: "a held 19-byte record followed by data is a request",
 			Steps: NewConn(Cli4, Srv4).Handshake().
 				Client(ACK|PSH, TLSRecord(0x16, 100)).Server(ACK|PSH, TLSRecord(0x16, 100)).
