@@ -108,18 +108,18 @@ func (c Config) Validate() error {
 // closeRecord is a connection's close (its first alert or FIN from
 // either side), kept a while for release matching.
 type closeRecord struct {
-	at     time.Time
 	client netip.AddrPort
 	by     string // client or server: who closed first
+	at     instant
 }
 
 // answerRecord is a stalled exchange's answer, kept a while: the close
 // that released it may be reported after it (the kernel holds a TLS 1.3
 // close_notify until its FIN).
 type answerRecord struct {
-	at       time.Time
 	flow     *flow
-	start    time.Time
+	at       instant
+	start    instant
 	phase    observe.Phase
 	released bool
 }
@@ -138,55 +138,82 @@ type server struct {
 }
 
 type exchange struct {
-	start       time.Time
-	phase       observe.Phase
-	ackedAt     time.Time
+	flow        *flow
+	state       string
+	start       instant
+	ackedAt     instant
+	tentative   instant // a MaybeTicket answer waiting to be confirmed
 	idleAge     time.Duration
+	due         int    // position in the correlator's stall heap, plus one; 0: not in it
+	retransmits uint32 // request segments sent again while it is open
+	phase       observe.Phase
 	reused      bool
-	tentative   time.Time // a MaybeTicket answer waiting to be confirmed
 	stalled     bool
 	raced       bool
-	retransmits uint32 // request segments sent again while it is open
-	state       string
-	flow        *flow
-	due         int // position in the correlator's stall heap, plus one; 0: not in it
 }
 
+// A flow is what the correlator holds of each connection, up to
+// --max-flows of them, so it is kept small: its times are instants, its
+// yes/no facts bits, and its fields are in order of size, which leaves no
+// padding (256 bytes, a size class of the allocator).
 type flow struct {
-	key           observe.Flow
-	srv           *server
-	client        string // label
-	pid           uint32
-	lastSeen      time.Time
-	lastData      time.Time
-	serverCloseAt time.Time    // first server alert or FIN
-	closeAt       [2]time.Time // first alert, FIN or RST by side: client, server
-	closeHow      string       // fin or rst
-	closeOpen     bool         // an exchange was open at the first close
-	serverFIN     bool
-	closed        bool    // a FIN or RST was seen
-	closeReported bool    // the close event is out: initiator decided
-	ticketTaken   bool    // a possible ticket was taken as the answer after the wait
-	fin           [2]bool // FIN or RST seen from the client, the server
-	ex            *exchange
-	lastGap       time.Duration
-	answeredAt    time.Time
-	readAt        time.Time // the application last read (or was seen to have nothing to read)
-	unreadSince   time.Time
-	unread        *exchange     // an unread stall, while it lasts
-	unacked       uint32        // request bytes the server has not ACKed, as sock_diag last read
-	canaryAt      time.Time     // the canary's answer, waiting for the kernel's
-	canaryGap     time.Duration // (zero canaryAt: none)
-	meter         FlowMeter     // for this flow's labels
-	// The TCP state shown for the connection: which end's, and the state.
-	stateDir  observe.Direction
-	haveState bool
-	tcpState  observe.TCPState
-	// endedAt: the shown end reached CLOSE. The flow stays a little so
-	// that the other end's last packets do not make it anew.
-	endedAt time.Time
+	key    observe.Flow
+	srv    *server
+	client string    // label
+	meter  FlowMeter // for this flow's labels
+	ex     *exchange
+	unread *exchange // an unread stall, while it lasts
 	// prev, next: the flows' order by their last observation.
 	prev, next *flow
+	closeHow   string // fin or rst
+	lastGap    time.Duration
+	canaryGap  time.Duration // the canary's gap, with canaryAt
+
+	lastSeen      instant
+	lastData      instant
+	serverCloseAt instant    // first server alert or FIN
+	closeAt       [2]instant // first alert, FIN or RST by side: client, server
+	answeredAt    instant
+	readAt        instant // the application last read (or was seen to have nothing to read)
+	unreadSince   instant
+	canaryAt      instant // the canary's answer, waiting for the kernel's (zero: none)
+	// endedAt: the shown end reached CLOSE. The flow stays a little so
+	// that the other end's last packets do not make it anew.
+	endedAt instant
+
+	pid   uint32
+	flags flowFlags
+	// The TCP state shown for the connection (flagHaveState): which end's,
+	// and the state.
+	stateDir observe.Direction
+	tcpState observe.TCPState
+}
+
+// flowFlags are a flow's yes/no facts.
+type flowFlags uint16
+
+const (
+	flagCloseOpen     flowFlags = 1 << iota // an exchange was open at the first close
+	flagServerFIN                           // the server's FIN was seen, or its end is in CLOSE_WAIT
+	flagClosed                              // a FIN or RST was seen
+	flagCloseReported                       // the close event is out: initiator decided
+	flagTicketTaken                         // a possible ticket was taken as the answer after the wait
+	flagFinClient                           // a FIN or RST seen from the client
+	flagFinServer                           // a FIN or RST seen from the server: flagFinClient<<1
+	flagHaveState                           // a TCP state is shown
+	flagUnacked                             // request bytes the server has not ACKed, as sock_diag last read
+)
+
+// is says whether every flag of fl is set.
+func (f *flow) is(fl flowFlags) bool { return f.flags&fl == fl }
+
+// set sets or clears the flags of fl.
+func (f *flow) set(fl flowFlags, on bool) {
+	if on {
+		f.flags |= fl
+	} else {
+		f.flags &^= fl
+	}
 }
 
 // canaryMatch: the canary's and the kernel's view of one answer are this
@@ -253,10 +280,14 @@ type Correlator struct {
 	// flow to evict at max-flows, found without walking the table.
 	quiet flow
 	// due is a min-heap of the open exchanges not stalled yet, by start:
-	// the next to cross the stall threshold is due[0].
-	due []*exchange
+	// the next to cross the stall threshold is due[0]. Each entry holds
+	// its start, so that the heap's comparisons stay in the slice.
+	due []dueEntry
 	// nextTick is Advance's next periodic sweep (zero before the first call).
-	nextTick time.Time
+	nextTick instant
+	// loc is the location of the times last given (observations, Advance,
+	// Sweep): the times of events and gaps are in it.
+	loc *time.Location
 	// The hot path reuses exchanges and flow meters: no allocation and no
 	// label lookup per observation in the steady state.
 	spare []*exchange
@@ -276,7 +307,7 @@ func New(cfg Config, m Meter, emit func(Event)) (*Correlator, error) {
 	}
 	c := &Correlator{cfg: cfg, m: m, emit: emit, flows: map[observe.Flow]*flow{},
 		servers: map[netip.AddrPort]*server{}, other: &server{label: ServerOther},
-		canary: map[netip.AddrPort]bool{}}
+		canary: map[netip.AddrPort]bool{}, loc: time.Local}
 	c.quiet.prev, c.quiet.next = &c.quiet, &c.quiet
 	return c, nil
 }
@@ -294,7 +325,7 @@ func (c *Correlator) server(addr netip.AddrPort) *server {
 }
 
 // lookup finds or makes the flow, evicting the quietest at the limit.
-func (c *Correlator) lookup(key observe.Flow, now time.Time) *flow {
+func (c *Correlator) lookup(key observe.Flow, now instant) *flow {
 	if f, ok := c.flows[key]; ok {
 		return f
 	}
@@ -323,7 +354,7 @@ func (c *Correlator) touch(f *flow) {
 	last.next, c.quiet.prev = f, f
 }
 
-func firstOf(t [2]time.Time) time.Time {
+func firstOf(t [2]instant) instant {
 	if t[0].IsZero() || !t[1].IsZero() && t[1].Before(t[0]) {
 		return t[1]
 	}
@@ -332,15 +363,15 @@ func firstOf(t [2]time.Time) time.Time {
 
 // drop forgets a flow; what is still open on it ends as evicted: the
 // agent no longer follows it.
-func (c *Correlator) drop(f *flow, now time.Time) {
-	if f.closed {
+func (c *Correlator) drop(f *flow, now instant) {
+	if f.is(flagClosed) {
 		c.reportClose(f)
 	}
 	if f.ex != nil {
 		c.finish(f, now, OutcomeEvicted)
 	}
 	c.endUnread(f, now, OutcomeEvicted)
-	if !f.closed {
+	if !f.is(flagClosed) {
 		f.srv.open--
 	}
 	delete(c.flows, f.key)
@@ -349,15 +380,25 @@ func (c *Correlator) drop(f *flow, now time.Time) {
 	f.prev, f.next = nil, nil
 }
 
+// instant converts a time given to the correlator and keeps its
+// location, in which the correlator gives its times back.
+func (c *Correlator) instant(t time.Time) instant {
+	if loc := t.Location(); loc != c.loc && !t.IsZero() {
+		c.loc = loc
+	}
+	return instantOf(t)
+}
+
 // Observe takes one observation.
 func (c *Correlator) Observe(o observe.Observation) {
 	c.m.Observed(o.Source)
+	now := c.instant(o.Time)
 	switch o.Kind {
 	case observe.CanaryConn:
 		// The flow is made now, so that the mark leaves with it even when
 		// the kernel never shows the connection (a failed handshake).
 		c.canary[o.Flow.Client] = true
-		c.relabel(c.lookup(o.Flow, o.Time), ClientCanary)
+		c.relabel(c.lookup(o.Flow, now), ClientCanary)
 		return
 	case observe.ServerOptions:
 		s := c.server(o.Flow.Server)
@@ -371,31 +412,31 @@ func (c *Correlator) Observe(o observe.Observation) {
 	case observe.CanaryAnswer:
 		// The canary and the kernel report the same answer in either order;
 		// the canary's often comes first, before the kernel has shown the flow.
-		f := c.lookup(o.Flow, o.Time)
-		if f.lastGap > 0 && (o.Time.Sub(f.answeredAt)).Abs() <= canaryMatch {
+		f := c.lookup(o.Flow, now)
+		if f.lastGap > 0 && now.Sub(f.answeredAt).Abs() <= canaryMatch {
 			c.m.Skew(f.srv.label, o.Gap-f.lastGap)
 		} else {
-			f.canaryAt, f.canaryGap = o.Time, o.Gap
+			f.canaryAt, f.canaryGap = now, o.Gap
 		}
 		return
 	}
 
-	f := c.lookup(o.Flow, o.Time)
-	f.lastSeen = o.Time
+	f := c.lookup(o.Flow, now)
+	f.lastSeen = now
 	c.touch(f)
 	switch o.Kind {
 	case observe.ExchangeStart:
-		c.start(f, o)
+		c.start(f, o, now)
 	case observe.Acked:
 		if f.ex != nil && f.ex.ackedAt.IsZero() {
-			f.ex.ackedAt = o.Time
+			f.ex.ackedAt = now
 		}
 	case observe.Answer:
-		c.answer(f, o)
+		c.answer(f, o, now)
 	case observe.TLSAlert:
-		c.alert(f, o)
+		c.alert(f, o, now)
 	case observe.FIN, observe.RST:
-		c.close(f, o)
+		c.close(f, o, now)
 	case observe.Retransmit:
 		n := max(o.Retrans, 1)
 		c.m.Retransmits(f.srv.label, n)
@@ -403,18 +444,18 @@ func (c *Correlator) Observe(o observe.Observation) {
 			f.ex.retransmits += n
 		}
 	case observe.State:
-		c.state(f, o)
+		c.state(f, o, now)
 	case observe.AppRead:
-		c.read(f, o.Time)
+		c.read(f, now)
 	case observe.SocketInfo:
 		if o.Dir != observe.ToServer {
 			// The server end's queues (the host is both ends on loopback)
 			// say nothing of the client's request or its reading.
 			break
 		}
-		f.unacked = o.Unacked
+		f.set(flagUnacked, o.Unacked != 0)
 		if o.RQueue == 0 {
-			c.read(f, o.Time)
+			c.read(f, now)
 		} else if f.ex == nil && f.unreadSince.IsZero() {
 			// Waiting since the answer, or since the last read of a part of it.
 			f.unreadSince = f.answeredAt
@@ -422,13 +463,13 @@ func (c *Correlator) Observe(o observe.Observation) {
 				f.unreadSince = f.readAt
 			}
 			if f.unreadSince.IsZero() { // answered before we knew the flow
-				f.unreadSince = o.Time
+				f.unreadSince = now
 			}
 		}
 	}
 }
 
-func (c *Correlator) start(f *flow, o observe.Observation) {
+func (c *Correlator) start(f *flow, o observe.Observation, now instant) {
 	if f.ex != nil {
 		// The client speaks again: an answer held as a possible ticket was
 		// the answer after all. Without one, the answer was not seen (a
@@ -436,33 +477,33 @@ func (c *Correlator) start(f *flow, o observe.Observation) {
 		if !f.ex.tentative.IsZero() {
 			c.finish(f, f.ex.tentative, OutcomeAnswered)
 		} else {
-			c.finish(f, o.Time, OutcomeEvicted)
+			c.finish(f, now, OutcomeEvicted)
 		}
 	}
-	c.read(f, o.Time)
+	c.read(f, now)
 	ex := c.newExchange()
-	ex.start, ex.phase, ex.flow = o.Time, o.Phase, f
-	prev := o.Ref
+	ex.start, ex.phase, ex.flow = now, o.Phase, f
+	prev := instantOf(o.Ref)
 	if prev.IsZero() {
 		prev = f.lastData
 	}
 	if !prev.IsZero() {
-		ex.idleAge, ex.reused = o.Time.Sub(prev), true
+		ex.idleAge, ex.reused = now.Sub(prev), true
 		f.meter.IdleAge(ex.idleAge)
 	}
-	f.lastData = o.Time
+	f.lastData = now
 	f.ex = ex
 	c.pushDue(ex)
-	if f.serverFIN {
-		c.race(f, ex, RaceReuseAfterClose, o.Time, f.serverCloseAt.Sub(o.Time))
+	if f.is(flagServerFIN) {
+		c.race(f, ex, RaceReuseAfterClose, now, f.serverCloseAt.Sub(now))
 	}
 }
 
-func (c *Correlator) answer(f *flow, o observe.Observation) {
-	f.lastData = o.Time
+func (c *Correlator) answer(f *flow, o observe.Observation, now instant) {
+	f.lastData = now
 	ex := f.ex
 	if ex == nil {
-		if o.Flags&observe.AfterTicket != 0 && f.ticketTaken {
+		if o.Flags&observe.AfterTicket != 0 && f.is(flagTicketTaken) {
 			// The answer taken after the ticket wait was a ticket: this
 			// server sends them late; its next fresh connections wait.
 			f.srv.lateTickets = true
@@ -472,18 +513,18 @@ func (c *Correlator) answer(f *flow, o observe.Observation) {
 	switch {
 	case o.Flags&observe.MaybeTicket != 0:
 		if !f.srv.lateTickets {
-			ex.tentative = o.Time
+			ex.tentative = now
 		}
 		return
 	case o.Flags&observe.AfterTicket != 0 && !ex.tentative.IsZero():
 		// A second answer to the same request: the first was a ticket.
 		f.srv.lateTickets = true
 	}
-	c.finish(f, o.Time, OutcomeAnswered)
+	c.finish(f, now, OutcomeAnswered)
 }
 
 // finish ends the open exchange at the given time.
-func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
+func (c *Correlator) finish(f *flow, at instant, outcome string) {
 	ex := f.ex
 	f.ex = nil
 	c.removeDue(ex)
@@ -493,12 +534,12 @@ func (c *Correlator) finish(f *flow, at time.Time, outcome string) {
 		f.lastGap, f.answeredAt = gap, at
 		f.meter.Gap(ex.phase, gap)
 		if c.OnGap != nil {
-			c.OnGap(Gap{Server: f.srv.label, Client: f.key.Client, Phase: ex.phase.String(), Gap: gap, At: at})
+			c.OnGap(Gap{Server: f.srv.label, Client: f.key.Client, Phase: ex.phase.String(), Gap: gap, At: at.Time(c.loc)})
 		}
 		if !f.canaryAt.IsZero() && f.canaryAt.Sub(at).Abs() <= canaryMatch {
 			c.m.Skew(f.srv.label, f.canaryGap-gap)
 		}
-		f.canaryAt = time.Time{}
+		f.canaryAt = 0
 	}
 	if !ex.stalled {
 		return
@@ -533,27 +574,32 @@ func (c *Correlator) releases(r closeRecord, a *answerRecord) bool {
 	return true
 }
 
-func (c *Correlator) endStall(f *flow, ex *exchange, at time.Time, outcome string) {
+func (c *Correlator) endStall(f *flow, ex *exchange, at instant, outcome string) {
 	c.event(f, at, &StallEnd{State: ex.state, Phase: ex.phase, Outcome: outcome, Duration: at.Sub(ex.start)})
 	if f.unread == ex {
 		f.unread = nil
 	}
 }
 
-func (c *Correlator) alert(f *flow, o observe.Observation) {
+func (c *Correlator) alert(f *flow, o observe.Observation, now instant) {
+	// A probable TLS 1.3 close_notify comes with the FIN or reset that
+	// proved it; its record, in Ref, is when that side began to close.
+	if o.Flags&observe.Probable != 0 && !o.Ref.IsZero() {
+		now = instantOf(o.Ref)
+	}
 	dir, version := "client", "1.2"
 	if o.Dir == observe.ToClient {
 		dir = "server"
-		if f.serverCloseAt.IsZero() {
-			f.serverCloseAt = o.Time
+		if f.serverCloseAt.IsZero() || now.Before(f.serverCloseAt) {
+			f.serverCloseAt = now
 		}
 	}
 	// An alert starts a close (close_notify), or ends the connection.
-	c.noteClose(f, o.Dir, o.Time)
+	c.noteClose(f, o.Dir, now)
 	if o.Flags&observe.Probable != 0 {
 		version = "1.3?"
 	}
-	c.event(f, o.Time, &TLSAlert{Direction: dir, TLSVersion: version})
+	c.event(f, now, &TLSAlert{Direction: dir, TLSVersion: version})
 }
 
 // settle takes an answer held as a possible ticket as the answer: nothing
@@ -564,7 +610,7 @@ func (c *Correlator) settle(f *flow) {
 	}
 }
 
-func (c *Correlator) close(f *flow, o observe.Observation) {
+func (c *Correlator) close(f *flow, o observe.Observation, now instant) {
 	c.settle(f)
 	how, side := "fin", "client"
 	if o.Kind == observe.RST {
@@ -573,23 +619,24 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 	if o.Dir == observe.ToClient {
 		side = "server"
 		if f.serverCloseAt.IsZero() {
-			f.serverCloseAt = o.Time
+			f.serverCloseAt = now
 		}
-		f.serverFIN = true
+		f.set(flagServerFIN, true)
 	}
-	if !f.closed {
-		f.closed, f.closeOpen = true, f.ex != nil
+	if !f.is(flagClosed) {
+		f.set(flagClosed, true)
+		f.set(flagCloseOpen, f.ex != nil)
 		f.srv.open--
 	}
 	if f.closeHow == "" {
 		f.closeHow = how // a reset after the FINs (unread bytes) does not change how it closed
 	}
-	c.noteClose(f, o.Dir, o.Time)
+	c.noteClose(f, o.Dir, now)
 	// Both sides have spoken, or a reset ended it: who closed first is
 	// known. Otherwise Sweep decides after the race window, as the other
 	// side's close_notify may still be on its way.
-	f.fin[o.Dir&1] = true
-	if how == "rst" || f.fin[0] && f.fin[1] {
+	f.set(flagFinClient<<(o.Dir&1), true)
+	if how == "rst" || f.is(flagFinClient|flagFinServer) {
 		c.reportClose(f)
 	}
 	if ex := f.ex; ex != nil && side == "server" && !ex.raced {
@@ -601,7 +648,7 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 		case d <= c.cfg.RaceWindow || c.idleClose(f, ex):
 			kind = RaceCrossedClose
 		}
-		c.race(f, ex, kind, o.Time, d)
+		c.race(f, ex, kind, now, d)
 	}
 	outcome := OutcomeClientClosed
 	switch {
@@ -611,21 +658,21 @@ func (c *Correlator) close(f *flow, o observe.Observation) {
 		outcome = OutcomeServerClosed
 	}
 	if f.ex != nil {
-		c.finish(f, o.Time, outcome)
+		c.finish(f, now, outcome)
 	}
 	// An unread answer stays readable after the server's FIN; the
 	// client's own close or a reset ends it unread.
 	if outcome != OutcomeServerClosed {
-		c.endUnread(f, o.Time, outcome)
+		c.endUnread(f, now, outcome)
 	}
 	if how == "rst" && f.endedAt.IsZero() {
-		f.endedAt = o.Time // more resets may follow: the flow lingers to absorb them
+		f.endedAt = now // more resets may follow: the flow lingers to absorb them
 	}
 }
 
 // noteClose keeps the first close signal of each side; the first signal
 // of the connection is a close other stalled exchanges may have waited for.
-func (c *Correlator) noteClose(f *flow, dir observe.Direction, at time.Time) {
+func (c *Correlator) noteClose(f *flow, dir observe.Direction, at instant) {
 	side := 0
 	if dir == observe.ToClient {
 		side = 1
@@ -649,10 +696,10 @@ func (c *Correlator) noteClose(f *flow, dir observe.Direction, at time.Time) {
 // reportClose emits the close event once: the side whose close signal
 // (alert, FIN or RST) came first closed the connection.
 func (c *Correlator) reportClose(f *flow) {
-	if f.closeReported {
+	if f.is(flagCloseReported) {
 		return
 	}
-	f.closeReported = true
+	f.set(flagCloseReported, true)
 	if firstOf(f.closeAt).IsZero() {
 		return // gone without a FIN or RST seen (sock_diag): who closed is unknown
 	}
@@ -660,7 +707,7 @@ func (c *Correlator) reportClose(f *flow) {
 	if at.IsZero() || !f.closeAt[1].IsZero() && f.closeAt[1].Before(at) {
 		side, at = "server", f.closeAt[1]
 	}
-	c.event(f, at, &Close{Initiator: side, How: f.closeHow, OpenExchange: f.closeOpen})
+	c.event(f, at, &Close{Initiator: side, How: f.closeHow, OpenExchange: f.is(flagCloseOpen)})
 }
 
 // idleClose: the server closed when the connection, counted from its
@@ -679,19 +726,19 @@ func (c *Correlator) idleClose(f *flow, ex *exchange) bool {
 	return (quiet - idle).Abs() <= c.cfg.RaceWindow
 }
 
-func (c *Correlator) race(f *flow, ex *exchange, kind string, at time.Time, requestToClose time.Duration) {
+func (c *Correlator) race(f *flow, ex *exchange, kind string, at instant, requestToClose time.Duration) {
 	ex.raced = true // one race per exchange
 	c.event(f, at, &Race{RaceKind: kind, IdleAge: ex.idleAge, RequestToClose: requestToClose})
 }
 
 // state follows the TCP state of one end of the flow: the client's where
 // this host has it, else the server's.
-func (c *Correlator) state(f *flow, o observe.Observation) {
+func (c *Correlator) state(f *flow, o observe.Observation, now instant) {
 	if !f.endedAt.IsZero() {
 		return
 	}
 	if f.lastData.IsZero() && !o.Ref.IsZero() {
-		f.lastData = o.Ref // a flow found by sock_diag, with its last data time
+		f.lastData = instantOf(o.Ref) // a flow found by sock_diag, with its last data time
 	}
 	// The client is the process that owns the client end: on loopback the
 	// server's process owns the other end of the same flow.
@@ -701,30 +748,31 @@ func (c *Correlator) state(f *flow, o observe.Observation) {
 			c.relabel(f, o.Comm)
 		}
 	}
-	if f.haveState && o.Dir != f.stateDir && f.stateDir == observe.ToServer {
+	if f.is(flagHaveState) && o.Dir != f.stateDir && f.stateDir == observe.ToServer {
 		return // the server end's state, while the client end's is shown
 	}
-	f.haveState, f.stateDir, f.tcpState = true, o.Dir, o.NewState
-	if o.NewState == observe.TCPCloseWait && !f.serverFIN {
-		f.serverFIN = true
+	f.set(flagHaveState, true)
+	f.stateDir, f.tcpState = o.Dir, o.NewState
+	if o.NewState == observe.TCPCloseWait && !f.is(flagServerFIN) {
+		f.set(flagServerFIN, true)
 		if f.serverCloseAt.IsZero() {
-			f.serverCloseAt = o.Time
+			f.serverCloseAt = now
 		}
 	}
 	if o.NewState == observe.TCPClose {
 		c.settle(f)
-		f.haveState = false
-		f.endedAt = o.Time
+		f.set(flagHaveState, false)
+		f.endedAt = now
 		if f.ex != nil {
 			outcome := OutcomeClientClosed
-			if f.serverFIN {
+			if f.is(flagServerFIN) {
 				outcome = OutcomeServerClosed
 			}
-			c.finish(f, o.Time, outcome)
+			c.finish(f, now, outcome)
 		}
-		c.endUnread(f, o.Time, OutcomeClientClosed) // the socket is gone with the answer unread
-		if !f.closed {
-			f.closed = true
+		c.endUnread(f, now, OutcomeClientClosed) // the socket is gone with the answer unread
+		if !f.is(flagClosed) {
+			f.set(flagClosed, true)
 			f.srv.open--
 		}
 		return
@@ -785,21 +833,21 @@ func (c *Correlator) checkPool(s *server, o observe.Observation) {
 }
 
 // read: the application read what was waiting; an unread stall ends.
-func (c *Correlator) read(f *flow, at time.Time) {
+func (c *Correlator) read(f *flow, at instant) {
 	f.readAt = at
 	c.endUnread(f, at, OutcomeAnswered)
 }
 
 // endUnread: nothing waits unread any more; a stall for it ends.
-func (c *Correlator) endUnread(f *flow, at time.Time, outcome string) {
-	f.unreadSince = time.Time{}
+func (c *Correlator) endUnread(f *flow, at instant, outcome string) {
+	f.unreadSince = 0
 	if f.unread != nil {
 		c.endStall(f, f.unread, at, outcome)
 	}
 }
 
-func (c *Correlator) event(f *flow, at time.Time, d Detail) {
-	c.emit(Event{Time: at, Server: f.srv.label, ClientAddr: f.key.Client, Client: f.client, PID: f.pid, Detail: d})
+func (c *Correlator) event(f *flow, at instant, d Detail) {
+	c.emit(Event{Time: at.Time(c.loc), Server: f.srv.label, ClientAddr: f.key.Client, Client: f.client, PID: f.pid, Detail: d})
 }
 
 // Sweep settles answers that waited for a possible ticket, reports
@@ -807,31 +855,33 @@ func (c *Correlator) event(f *flow, at time.Time, d Detail) {
 // flows that are gone or idle, and stalls the exchanges that crossed the
 // stall threshold by now. Advance calls it at the right times; a caller
 // with a clock of its own may call it directly.
-func (c *Correlator) Sweep(now time.Time) {
+func (c *Correlator) Sweep(now time.Time) { c.sweep(c.instant(now)) }
+
+func (c *Correlator) sweep(now instant) {
 	for _, f := range c.flows {
-		if f.closed && !f.closeReported && now.Sub(firstOf(f.closeAt)) >= c.cfg.RaceWindow {
+		if f.is(flagClosed) && !f.is(flagCloseReported) && now.Sub(firstOf(f.closeAt)) >= c.cfg.RaceWindow {
 			c.reportClose(f)
 		}
 		if !f.endedAt.IsZero() && now.Sub(f.endedAt) >= endedLinger ||
-			f.closed && f.ex == nil && f.unreadSince.IsZero() && now.Sub(f.lastSeen) >= closedIdle ||
+			f.is(flagClosed) && f.ex == nil && f.unreadSince.IsZero() && now.Sub(f.lastSeen) >= closedIdle ||
 			f.ex == nil && f.unreadSince.IsZero() && now.Sub(f.lastSeen) >= 2*c.cfg.ServerIdleTimeout {
 			c.drop(f, now)
 			continue
 		}
 		if ex := f.ex; ex != nil && !ex.tentative.IsZero() && now.Sub(ex.tentative) >= c.cfg.TicketWait {
 			c.finish(f, ex.tentative, OutcomeAnswered)
-			f.ticketTaken = true
+			f.set(flagTicketTaken, true)
 		}
 		if !f.unreadSince.IsZero() && f.unread == nil && now.Sub(f.unreadSince) >= c.cfg.StallThreshold {
 			f.unread = &exchange{start: f.unreadSince, ackedAt: f.unreadSince, phase: observe.PhaseRequest, flow: f}
 			c.stall(f.unread, now, StateUnread)
 		}
 	}
-	for stall := c.threshold(now); len(c.due) > 0 && !c.due[0].start.After(stall); {
+	for stall := now.Add(-c.cfg.StallThreshold); len(c.due) > 0 && !c.due[0].start.After(stall); {
 		ex := c.popDue()
 		// sock_diag, where it runs, has the last word on the ACK.
 		state := StateUnacked
-		if !ex.ackedAt.IsZero() && ex.flow.unacked == 0 {
+		if !ex.ackedAt.IsZero() && !ex.flow.is(flagUnacked) {
 			state = StateAckedSilent
 		}
 		c.stall(ex, now, state)
@@ -846,14 +896,13 @@ func (c *Correlator) Sweep(now time.Time) {
 	}
 }
 
-// threshold is the latest start of an exchange that is a stall at now.
-func (c *Correlator) threshold(now time.Time) time.Time { return now.Add(-c.cfg.StallThreshold) }
-
 // NextStall is when the earliest open exchange will cross the stall
 // threshold (zero when none is open): a sweep then finds it at once.
-func (c *Correlator) NextStall() time.Time {
+func (c *Correlator) NextStall() time.Time { return c.nextStall().Time(c.loc) }
+
+func (c *Correlator) nextStall() instant {
 	if len(c.due) == 0 {
-		return time.Time{}
+		return 0
 	}
 	return c.due[0].start.Add(c.cfg.StallThreshold)
 }
@@ -861,8 +910,10 @@ func (c *Correlator) NextStall() time.Time {
 // NextSweep is when Advance will sweep next: the next periodic sweep, or
 // the moment an open exchange crosses the stall threshold if that comes
 // first. Zero before the first Advance.
-func (c *Correlator) NextSweep() time.Time {
-	if due := c.NextStall(); !due.IsZero() && (c.nextTick.IsZero() || due.Before(c.nextTick)) {
+func (c *Correlator) NextSweep() time.Time { return c.nextSweep().Time(c.loc) }
+
+func (c *Correlator) nextSweep() instant {
+	if due := c.nextStall(); !due.IsZero() && (c.nextTick.IsZero() || due.Before(c.nextTick)) {
 		return due
 	}
 	return c.nextTick
@@ -873,7 +924,8 @@ func (c *Correlator) NextSweep() time.Time {
 // open exchange crosses the stall threshold, so a stall is found when it
 // crosses, not at the next observation or second. The live agent calls it
 // when NextSweep comes; the offline analysis before each packet.
-func (c *Correlator) Advance(now time.Time) {
+func (c *Correlator) Advance(t time.Time) {
+	now := c.instant(t)
 	if c.nextTick.IsZero() {
 		c.nextTick = now.Add(c.cfg.SweepInterval)
 	}
@@ -881,11 +933,11 @@ func (c *Correlator) Advance(now time.Time) {
 		c.nextTick = now // a long quiet: the periodic sweeps in between have nothing to do
 	}
 	for {
-		at := c.NextSweep()
+		at := c.nextSweep()
 		if now.Before(at) {
 			return
 		}
-		c.Sweep(at)
+		c.sweep(at)
 		if !at.Before(c.nextTick) {
 			c.nextTick = c.nextTick.Add(c.cfg.SweepInterval)
 		}
@@ -898,80 +950,95 @@ func (c *Correlator) Advance(now time.Time) {
 func (c *Correlator) Flush() {
 	for _, f := range c.flows {
 		c.settle(f)
-		if f.closed {
+		if f.is(flagClosed) {
 			c.reportClose(f)
 		}
 	}
 }
 
-func (c *Correlator) stall(ex *exchange, now time.Time, state string) {
+func (c *Correlator) stall(ex *exchange, now instant, state string) {
 	ex.stalled, ex.state = true, state
-	c.event(ex.flow, now, &Stall{State: state, Phase: ex.phase, Age: now.Sub(ex.start),
-		AckedAfter: ex.ackedAt.Sub(ex.start), Acked: !ex.ackedAt.IsZero(), IdleAge: ex.idleAge,
-		Retransmits: ex.retransmits})
+	d := &Stall{State: state, Phase: ex.phase, Age: now.Sub(ex.start), IdleAge: ex.idleAge, Retransmits: ex.retransmits}
+	if !ex.ackedAt.IsZero() {
+		d.Acked, d.AckedAfter = true, ex.ackedAt.Sub(ex.start)
+	}
+	c.event(ex.flow, now, d)
 }
 
 // The stall heap: open exchanges not stalled yet, earliest start first.
 
+// dueEntry is an exchange in the heap with its start.
+type dueEntry struct {
+	start instant
+	ex    *exchange
+}
+
 func (c *Correlator) pushDue(ex *exchange) {
-	c.due = append(c.due, ex)
-	ex.due = len(c.due)
-	c.dueUp(len(c.due) - 1)
+	c.due = append(c.due, dueEntry{})
+	c.dueUp(len(c.due)-1, dueEntry{ex.start, ex})
 }
 
 func (c *Correlator) popDue() *exchange {
-	ex := c.due[0]
+	ex := c.due[0].ex
 	c.removeDue(ex)
 	return ex
 }
 
-// removeDue takes ex out of the heap, if it is in it.
+// removeDue takes ex out of the heap, if it is in it: the last entry
+// fills its place.
 func (c *Correlator) removeDue(ex *exchange) {
 	i := ex.due - 1
 	if i < 0 {
 		return
 	}
 	last := len(c.due) - 1
-	c.dueSwap(i, last)
-	c.due[last] = nil
+	e := c.due[last]
+	c.due[last] = dueEntry{}
 	c.due = c.due[:last]
 	ex.due = 0
-	if i < last {
-		c.dueDown(c.dueUp(i))
+	if i < last && c.dueUp(i, e) == i {
+		c.dueDown(i, e)
 	}
 }
 
-func (c *Correlator) dueSwap(i, j int) {
-	c.due[i], c.due[j] = c.due[j], c.due[i]
-	c.due[i].due, c.due[j].due = i+1, j+1
+// put places e at i.
+func (c *Correlator) put(i int, e dueEntry) {
+	c.due[i] = e
+	e.ex.due = i + 1
 }
 
-func (c *Correlator) dueUp(i int) int {
+// dueUp moves e from the free place i up to where it belongs, and says
+// where.
+func (c *Correlator) dueUp(i int, e dueEntry) int {
 	for i > 0 {
 		parent := (i - 1) / 2
-		if !c.due[i].start.Before(c.due[parent].start) {
+		if !e.start.Before(c.due[parent].start) {
 			break
 		}
-		c.dueSwap(i, parent)
+		c.put(i, c.due[parent])
 		i = parent
 	}
+	c.put(i, e)
 	return i
 }
 
-func (c *Correlator) dueDown(i int) {
+// dueDown moves e from the place i down to where it belongs.
+func (c *Correlator) dueDown(i int, e dueEntry) {
 	for {
-		least := i
-		for _, child := range [2]int{2*i + 1, 2*i + 2} {
-			if child < len(c.due) && c.due[child].start.Before(c.due[least].start) {
-				least = child
-			}
+		least := 2*i + 1
+		if least >= len(c.due) {
+			break
 		}
-		if least == i {
-			return
+		if r := least + 1; r < len(c.due) && c.due[r].start.Before(c.due[least].start) {
+			least = r
 		}
-		c.dueSwap(i, least)
+		if !c.due[least].start.Before(e.start) {
+			break
+		}
+		c.put(i, c.due[least])
 		i = least
 	}
+	c.put(i, e)
 }
 
 // OpenExchange is one exchange waiting for its answer, for the API.
@@ -987,7 +1054,8 @@ type OpenExchange struct {
 }
 
 // OpenExchanges lists the open exchanges at now.
-func (c *Correlator) OpenExchanges(now time.Time) []OpenExchange {
+func (c *Correlator) OpenExchanges(t time.Time) []OpenExchange {
+	now := instantOf(t)
 	var out []OpenExchange
 	for _, f := range c.flows {
 		for _, ex := range []*exchange{f.ex, f.unread} {
@@ -1035,11 +1103,12 @@ type State struct {
 }
 
 // State walks the flows at now.
-func (c *Correlator) State(now time.Time) State {
+func (c *Correlator) State(t time.Time) State {
+	now := instantOf(t)
 	st := State{Flows: len(c.flows), Connections: map[Labels]int{}, Stalled: map[Labels]int{}}
 	oldest := make(map[*server]time.Duration, len(c.servers)+1)
 	for _, f := range c.flows {
-		if f.haveState {
+		if f.is(flagHaveState) {
 			st.Connections[Labels{f.srv.label, f.client, f.tcpState.String()}]++
 		}
 		for _, ex := range [...]*exchange{f.ex, f.unread} {

@@ -83,7 +83,7 @@ func checkDue(t testing.TB, c *Correlator) {
 	for _, f := range c.flows {
 		if ex := f.ex; ex != nil && !ex.stalled {
 			n++
-			if at := ex.start.Add(c.cfg.StallThreshold); want.IsZero() || at.Before(want) {
+			if at := ex.start.Add(c.cfg.StallThreshold).Time(c.loc); want.IsZero() || at.Before(want) {
 				want = at
 			}
 		}
