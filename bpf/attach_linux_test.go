@@ -283,6 +283,11 @@ func TestAttachVeth(t *testing.T) {
 				if ev.Client == local {
 					mine = append(mine, ev)
 				}
+				if ev.Type == evState && ev.Client.Port() == 0 {
+					// connect() enters SYN_SENT before it binds its
+					// port: such a flow would never close.
+					t.Errorf("state event without the client's port: %+v", ev)
+				}
 			}
 			t.Logf("%d events, %d of the client's connection %s:\n%s", len(evs), len(mine), local, describe(mine))
 			checkConnection(t, mine, traces)

@@ -898,8 +898,17 @@ int icapwatch_state(void *ctx)
 		ev->pid = known->pid;
 		__builtin_memcpy(ev->comm, known->comm, sizeof(ev->comm));
 	}
-	if (ev->new_state == TCP_CLOSE) {
+	if (ev->new_state == TCP_CLOSE)
 		bpf_map_delete_elem(&owners, &ev->skaddr);
+	/*
+	 * connect() enters SYN_SENT before it binds the local port, and
+	 * leaves it for CLOSE without one when binding fails: a flow of port
+	 * 0 would never close. The owner waits for the socket's next state,
+	 * which has the port.
+	 */
+	if (ev->client_port == 0)
+		return 0;
+	if (ev->new_state == TCP_CLOSE) {
 		event_key(ev, &key);
 		/*
 		 * A socket closed with data unread, or with linger 0, reaches
