@@ -22,6 +22,11 @@ func Check(cfg Config) Report {
 		r.Kernel = unix.ByteSliceToString(uts.Release[:])
 	}
 	r.checkBTF(kernelBTF)
+	// An agent that mounted tracefs to start unmounts it after, unless
+	// another icapwatch process holds the lock.
+	if lock, err := lockTracefs(); err == nil {
+		defer lock.Close()
+	}
 	switch root, err := FindTracefs(); {
 	case err == nil:
 		r.add("tracefs", true, false, root)

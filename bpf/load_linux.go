@@ -54,15 +54,12 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 	if memlockErr != nil {
 		log.Debug("RLIMIT_MEMLOCK not raised", "error", memlockErr)
 	}
-	root, mounted, err := ensureTracefs()
+	tfs, err := useTracefs(log)
 	if err != nil {
 		return nil, err
 	}
-	if mounted {
-		p.unmount = root
-		log.Info("mounted tracefs", "path", root)
-	}
-	settings, err := tracepointSettings(root)
+	defer tfs.done(log) // loaded and attached: tracefs is no longer needed
+	settings, err := tracepointSettings(tfs.root)
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,6 @@ import (
 	"github.com/cilium/ebpf/perf"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
 )
 
 // Probe is the kernel side: loaded by Load, loaded and attached by Open.
@@ -35,7 +34,6 @@ type Probe struct {
 
 	mu       sync.Mutex
 	hooks    []HookStatus
-	unmount  string // tracefs mounted by Open, unmounted by Close
 	closeErr error
 	closed   sync.Once
 }
@@ -172,9 +170,6 @@ func (p *Probe) Close() error {
 		}
 		if p.objs != nil {
 			errs = append(errs, p.objs.Close())
-		}
-		if p.unmount != "" {
-			errs = append(errs, unix.Unmount(p.unmount, unix.MNT_DETACH))
 		}
 		p.closeErr = errors.Join(errs...)
 	})

@@ -1,10 +1,9 @@
 package bpf
 
 import (
-	"errors"
-	"syscall"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/icapwatch/icapwatch/internal/testutil"
 )
 
@@ -12,19 +11,14 @@ import (
 // kernel's tracefs, mounting it for the test when it is not mounted.
 func TestKernelFormats(t *testing.T) {
 	testutil.RequireRoot(t)
-	root, err := FindTracefs()
-	if errors.Is(err, ErrNoTracefs) {
-		root = TracefsPaths[0]
-		if err := syscall.Mount("nodev", root, "tracefs", 0, ""); err != nil {
-			testutil.SkipOrFail(t, "cannot mount tracefs at %s: %v", root, err)
-			return
-		}
-		t.Cleanup(func() {
-			if err := syscall.Unmount(root, 0); err != nil {
-				t.Errorf("unmount tracefs: %v", err)
-			}
-		})
+	// As the agent does: not unmounted from under another test's agent.
+	u, err := useTracefs(hclog.NewNullLogger())
+	if err != nil {
+		testutil.SkipOrFail(t, "no tracefs: %v", err)
+		return
 	}
+	defer u.done(hclog.NewNullLogger())
+	root := u.root
 	for _, tc := range []struct {
 		system, event string
 		fields        map[string]int // name: size
