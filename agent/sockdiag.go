@@ -34,7 +34,12 @@ type Socket struct {
 // recently than it received any.
 type diagTracker struct {
 	exchanges bool // the fallback source: derive exchanges too
-	known     map[diagKey]*diagState
+	// known holds each socket's state by value: a hundred thousand
+	// sockets (twice that on loopback, where both ends are local) made
+	// this map a third of the agent's heap with a pointer and an
+	// allocation each.
+	known map[diagKey]diagState
+	poll  uint32 // numbers the snapshots, for diagState.seen
 }
 
 // diagKey: on loopback, or between local namespaces, both ends of a flow
@@ -45,15 +50,16 @@ type diagKey struct {
 }
 
 type diagState struct {
-	open, acked bool
-	seen        bool // in the current snapshot
-	dir         observe.Direction
-	state       observe.TCPState
-	fin         [2]bool // FIN inferred from the states: client, server
-	// The queues last handed out, and when: an idle socket's unchanged
-	// empty queues are told again only once a keepalive.
+	// The queues last handed out, and when (Unix nanoseconds): an idle
+	// socket's unchanged empty queues are told again only once a
+	// keepalive.
+	infoAt                   int64
 	rqueue, unacked, retrans uint32
-	infoAt                   time.Time
+	seen                     uint32 // the snapshot it was last in
+	open, acked              bool
+	dir                      observe.Direction
+	state                    observe.TCPState
+	fin                      [2]bool // FIN inferred from the states: client, server
 }
 
 // diagKeepalive: an idle socket's queues are told at least this often,
@@ -78,105 +84,109 @@ func finFrom(state observe.TCPState) (own, peer bool) {
 }
 
 func newDiagTracker(exchanges bool) *diagTracker {
-	return &diagTracker{exchanges: exchanges, known: map[diagKey]*diagState{}}
+	return &diagTracker{exchanges: exchanges, known: map[diagKey]diagState{}}
 }
 
 // update compares a snapshot taken at now with the previous ones and
 // hands out what changed.
 func (d *diagTracker) update(now time.Time, sockets []Socket, out func(observe.Observation)) {
-	for _, st := range d.known {
-		st.seen = false
-	}
-	for _, s := range sockets {
-		dir := observe.ToClient // this host holds the server end
-		if s.ClientEnd {
-			dir = observe.ToServer
-		}
-		base := observe.Observation{Source: observe.SourceSockDiag, Time: now, Flow: s.Flow, Dir: dir}
-		key := diagKey{s.Flow, s.ClientEnd}
+	d.poll++
+	for i := range sockets {
+		key := diagKey{sockets[i].Flow, sockets[i].ClientEnd}
 		st, ok := d.known[key]
-		if !ok {
-			st = &diagState{dir: dir}
-			d.known[key] = st
-			o := base
-			o.Kind, o.OldState, o.NewState, o.PID, o.Comm = observe.State, 0, s.State, s.PID, s.Comm
-			o.Ref = now.Add(-min(s.SinceSent, s.SinceRecv))
-			out(o)
-		}
-		st.seen = true
-		if st.state != s.State {
-			if st.state != 0 {
-				o := base
-				o.Kind, o.OldState, o.NewState = observe.State, st.state, s.State
-				out(o)
-			}
-			st.state = s.State
-			// A FIN seen through the states, with the polling resolution.
-			own, peer := finFrom(s.State)
-			ownSide, peerSide := observe.ToServer, observe.ToClient // this end is the client
-			if !s.ClientEnd {
-				ownSide, peerSide = observe.ToClient, observe.ToServer
-			}
-			for _, f := range []struct {
-				sent bool
-				dir  observe.Direction
-			}{{peer, peerSide}, {own, ownSide}} {
-				if f.sent && !st.fin[f.dir] {
-					st.fin[f.dir] = true
-					o := base
-					o.Kind, o.Dir = observe.FIN, f.dir
-					out(o)
-				}
-			}
-		}
-		if d.exchanges && ok && s.Retrans > st.retrans {
-			// As the wire would show them: this end sent segments again.
-			// The count at first sight happened before we looked.
-			o := base
-			o.Kind, o.Retrans = observe.Retransmit, s.Retrans-st.retrans
-			out(o)
-		}
-		if s.RQueue != 0 || s.Unacked != 0 || s.RQueue != st.rqueue || s.Unacked != st.unacked ||
-			s.Retrans != st.retrans || now.Sub(st.infoAt) >= diagKeepalive {
-			st.rqueue, st.unacked, st.retrans, st.infoAt = s.RQueue, s.Unacked, s.Retrans, now
-			info := base
-			info.Kind, info.RQueue, info.Unacked, info.Retrans = observe.SocketInfo, s.RQueue, s.Unacked, s.Retrans
-			out(info)
-		}
-		if !d.exchanges || !s.ClientEnd {
-			continue
-		}
-		// Sent more recently than received; or, on a fresh connection, sent
-		// and nothing received yet (both timers start at the handshake).
-		open := s.SinceSent < s.SinceRecv ||
-			s.BytesReceived == 0 && s.BytesAcked+uint64(s.Unacked) > 1 && s.SinceSent <= s.SinceRecv
-		switch {
-		case open && !st.open:
-			st.open, st.acked = true, false
-			o := base
-			o.Kind, o.Phase, o.Ref = observe.ExchangeStart, observe.PhaseRequest, now.Add(-s.SinceRecv)
-			o.Time = now.Add(-s.SinceSent)
-			out(o)
-		case !open && st.open:
-			st.open = false
-			o := base
-			o.Kind, o.Dir, o.Phase = observe.Answer, observe.ToClient, observe.PhaseRequest
-			o.Time = now.Add(-s.SinceRecv)
-			out(o)
-		}
-		if st.open && !st.acked && s.Unacked == 0 {
-			st.acked = true
-			o := base
-			o.Kind, o.Dir, o.Phase = observe.Acked, observe.ToClient, observe.PhaseRequest
-			o.Time = now.Add(-s.SinceAckRecv)
-			out(o)
-		}
+		d.socket(now, &sockets[i], &st, ok, out)
+		st.seen = d.poll
+		d.known[key] = st
 	}
 	for key, st := range d.known {
-		if !st.seen {
+		if st.seen != d.poll {
 			delete(d.known, key)
 			out(observe.Observation{Kind: observe.State, Source: observe.SourceSockDiag, Time: now,
 				Flow: key.flow, Dir: st.dir, OldState: st.state, NewState: observe.TCPClose})
 		}
+	}
+}
+
+// socket hands out what changed of one socket since its state st, which
+// it updates; ok says whether the socket was in an earlier snapshot.
+func (d *diagTracker) socket(now time.Time, s *Socket, st *diagState, ok bool, out func(observe.Observation)) {
+	dir := observe.ToClient // this host holds the server end
+	if s.ClientEnd {
+		dir = observe.ToServer
+	}
+	base := observe.Observation{Source: observe.SourceSockDiag, Time: now, Flow: s.Flow, Dir: dir}
+	if !ok {
+		st.dir = dir
+		o := base
+		o.Kind, o.OldState, o.NewState, o.PID, o.Comm = observe.State, 0, s.State, s.PID, s.Comm
+		o.Ref = now.Add(-min(s.SinceSent, s.SinceRecv))
+		out(o)
+	}
+	if st.state != s.State {
+		if st.state != 0 {
+			o := base
+			o.Kind, o.OldState, o.NewState = observe.State, st.state, s.State
+			out(o)
+		}
+		st.state = s.State
+		// A FIN seen through the states, with the polling resolution.
+		own, peer := finFrom(s.State)
+		ownSide, peerSide := observe.ToServer, observe.ToClient // this end is the client
+		if !s.ClientEnd {
+			ownSide, peerSide = observe.ToClient, observe.ToServer
+		}
+		for _, f := range []struct {
+			sent bool
+			dir  observe.Direction
+		}{{peer, peerSide}, {own, ownSide}} {
+			if f.sent && !st.fin[f.dir] {
+				st.fin[f.dir] = true
+				o := base
+				o.Kind, o.Dir = observe.FIN, f.dir
+				out(o)
+			}
+		}
+	}
+	if d.exchanges && ok && s.Retrans > st.retrans {
+		// As the wire would show them: this end sent segments again.
+		// The count at first sight happened before we looked.
+		o := base
+		o.Kind, o.Retrans = observe.Retransmit, s.Retrans-st.retrans
+		out(o)
+	}
+	if s.RQueue != 0 || s.Unacked != 0 || s.RQueue != st.rqueue || s.Unacked != st.unacked ||
+		s.Retrans != st.retrans || time.Duration(now.UnixNano()-st.infoAt) >= diagKeepalive {
+		st.rqueue, st.unacked, st.retrans, st.infoAt = s.RQueue, s.Unacked, s.Retrans, now.UnixNano()
+		info := base
+		info.Kind, info.RQueue, info.Unacked, info.Retrans = observe.SocketInfo, s.RQueue, s.Unacked, s.Retrans
+		out(info)
+	}
+	if !d.exchanges || !s.ClientEnd {
+		return
+	}
+	// Sent more recently than received; or, on a fresh connection, sent
+	// and nothing received yet (both timers start at the handshake).
+	open := s.SinceSent < s.SinceRecv ||
+		s.BytesReceived == 0 && s.BytesAcked+uint64(s.Unacked) > 1 && s.SinceSent <= s.SinceRecv
+	switch {
+	case open && !st.open:
+		st.open, st.acked = true, false
+		o := base
+		o.Kind, o.Phase, o.Ref = observe.ExchangeStart, observe.PhaseRequest, now.Add(-s.SinceRecv)
+		o.Time = now.Add(-s.SinceSent)
+		out(o)
+	case !open && st.open:
+		st.open = false
+		o := base
+		o.Kind, o.Dir, o.Phase = observe.Answer, observe.ToClient, observe.PhaseRequest
+		o.Time = now.Add(-s.SinceRecv)
+		out(o)
+	}
+	if st.open && !st.acked && s.Unacked == 0 {
+		st.acked = true
+		o := base
+		o.Kind, o.Dir, o.Phase = observe.Acked, observe.ToClient, observe.PhaseRequest
+		o.Time = now.Add(-s.SinceAckRecv)
+		out(o)
 	}
 }

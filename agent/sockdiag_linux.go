@@ -22,7 +22,7 @@ type SockDiag struct {
 	nextWalk time.Time            // no walk of /proc before
 	filter   []byte               // the ports as inet_diag bytecode
 	buf      []byte               // netlink replies
-	sockets  []Socket             // the last snapshot, reused
+	last     int                  // sockets in the last snapshot
 }
 
 // NewSockDiag watches the given ports. With exchanges, it is the fallback
@@ -49,7 +49,9 @@ func (d *SockDiag) Poll(now time.Time, out func(observe.Observation)) error {
 }
 
 // Sockets lists the sockets on watched ports, IPv4 and IPv6. The slice
-// is reused by the next call.
+// is not kept between polls: with a hundred thousand sockets it is tens
+// of megabytes that the collector would count as live, and let the heap
+// grow twice that before it collects.
 func (d *SockDiag) Sockets() ([]Socket, error) {
 	if d.filter == nil {
 		d.buf = make([]byte, diagReceiveBuffer)
@@ -59,14 +61,14 @@ func (d *SockDiag) Sockets() ([]Socket, error) {
 		}
 		d.filter = portFilter(ports)
 	}
-	out := d.sockets[:0]
+	out := make([]Socket, 0, d.last+d.last/8)
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		var err error
 		if out, err = diagDump(family, d.filter, d.buf, out, d.ports); err != nil {
 			return nil, err
 		}
 	}
-	d.sockets = out
+	d.last = len(out)
 	if d.needWalk(out) {
 		start := time.Now()
 		want := make(map[uint32]bool, len(out))

@@ -177,6 +177,16 @@ func checkObjects(t *testing.T, objs []object, caps []corev1.Capability, extra s
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Error("DaemonSet: want requests and limits")
 	}
+	memLimit := false
+	for _, e := range c.Env {
+		if e.Name == "GOMEMLIMIT" && e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil &&
+			e.ValueFrom.ResourceFieldRef.Resource == "limits.memory" {
+			memLimit = true
+		}
+	}
+	if !memLimit {
+		t.Error("DaemonSet: want GOMEMLIMIT from the container's memory limit")
+	}
 	var mounts []string
 	for _, m := range c.VolumeMounts {
 		mounts = append(mounts, m.MountPath)
