@@ -22,19 +22,7 @@ func Check(cfg Config) Report {
 		r.Kernel = unix.ByteSliceToString(uts.Release[:])
 	}
 	r.checkBTF(kernelBTF)
-	// An agent that mounted tracefs to start unmounts it after, unless
-	// another icapwatch process holds the lock.
-	if lock, err := lockTracefs(); err == nil {
-		defer lock.Close()
-	}
-	switch root, err := FindTracefs(); {
-	case err == nil:
-		r.add("tracefs", true, false, root)
-	case errors.Is(err, ErrNoTracefs):
-		r.add("tracefs", true, false, "not mounted; the agent mounts it at "+TracefsPaths[0])
-	default:
-		r.add("tracefs", false, false, err.Error())
-	}
+	r.checkTracefs()
 	if m, err := isMountPoint("/sys/fs/bpf"); err == nil && m {
 		r.add("bpffs", true, true, "/sys/fs/bpf (not needed: nothing is pinned)")
 	} else {
@@ -78,6 +66,23 @@ func Check(cfg Config) Report {
 		r.add("detach", false, false, err.Error())
 	}
 	return r
+}
+
+// checkTracefs reports where tracefs is. An agent that mounted tracefs
+// to start unmounts it after, unless another icapwatch process holds the
+// lock, as check does while it looks (and its own Load after).
+func (r *Report) checkTracefs() {
+	if lock, err := lockTracefs(); err == nil {
+		defer lock.Close()
+	}
+	switch root, err := FindTracefs(); {
+	case err == nil:
+		r.add("tracefs", true, false, root)
+	case errors.Is(err, ErrNoTracefs):
+		r.add("tracefs", true, false, "not mounted; the agent mounts it at "+TracefsPaths[0])
+	default:
+		r.add("tracefs", false, false, err.Error())
+	}
 }
 
 // checkBTF reports the kernel BTF the kprobes would take their struct

@@ -58,7 +58,7 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer tfs.done(log) // loaded and attached: tracefs is no longer needed
+	p.tracefs = tfs // until attached, or closed
 	settings, err := tracepointSettings(tfs.root)
 	if err != nil {
 		return nil, err

@@ -25,6 +25,7 @@ type Probe struct {
 	ring    *ringbuf.Reader
 	events  *EventReader // reads perf or ring
 	output  string
+	tracefs *tracefsUse // from Load until attached or closed
 
 	// statsMu guards the flow counting's state.
 	statsMu   sync.Mutex
@@ -53,6 +54,7 @@ func Open(cfg Config) (p *Probe, err error) {
 }
 
 func (p *Probe) attach(cfg Config) error {
+	defer p.doneWithTracefs() // the tracepoints and kprobes need it to attach, and no longer
 	tc, err := newTCAttacher(cfg, p.objs.IcapwatchIngress, p.objs.IcapwatchEgress, p.log.Named("tc"))
 	if err != nil {
 		return err
@@ -151,10 +153,19 @@ func (p *Probe) addHook(h HookStatus) {
 	p.hooks = append(p.hooks, h)
 }
 
+// doneWithTracefs ends the probe's use of tracefs, the first time.
+func (p *Probe) doneWithTracefs() {
+	if p.tracefs != nil {
+		p.tracefs.done(p.log)
+		p.tracefs = nil
+	}
+}
+
 // Close detaches every hook, closes the buffer and the objects. It is safe
 // to call more than once.
 func (p *Probe) Close() error {
 	p.closed.Do(func() {
+		p.doneWithTracefs()
 		var errs []error
 		if p.tc != nil {
 			errs = append(errs, p.tc.close())
