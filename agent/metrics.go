@@ -64,6 +64,8 @@ func (mt *meter) Skew(server string, d time.Duration) {
 
 func (mt *meter) FlowEvicted() { mt.m.FlowEvictions.Inc() }
 
+func (mt *meter) FlowEvictedOpen() { mt.m.FlowEvictionsOpenExchange.Inc() }
+
 func (f *flowMeter) Gap(p observe.Phase, d time.Duration) {
 	if int(p) >= len(f.gaps) {
 		return

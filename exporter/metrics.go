@@ -23,29 +23,31 @@ var IdleAgeBuckets = []float64{1, 5, 10, 30, 60, 120, 180, 240, 270, 285, 295, 3
 // by the names of the contract. The gauges of the correlator's state are
 // computed at each scrape: see StateDescs.
 type Metrics struct {
-	ExchangeDuration    *prometheus.HistogramVec // server, client, phase
-	Stalls              *prometheus.CounterVec   // server, client, state
-	StallOutcomes       *prometheus.CounterVec   // server, client, outcome
-	StallReleases       *prometheus.CounterVec   // server, cause
-	IdleCloseRaces      *prometheus.CounterVec   // server, client, kind
-	ReuseIdleAge        *prometheus.HistogramVec // server, client
-	TLSAlerts           *prometheus.CounterVec   // server, direction
-	ConnectionCloses    *prometheus.CounterVec   // server, client, initiator, how
-	Retransmits         *prometheus.CounterVec   // server
-	MeasurementSkew     *prometheus.HistogramVec // target
-	ProbeSuccess        *prometheus.GaugeVec     // target
-	ProbePhase          *prometheus.HistogramVec // target, conn, phase
-	ProbeFailures       *prometheus.CounterVec   // target, reason
-	PoolConnections     *prometheus.GaugeVec     // target, state
-	PoolExhausted       *prometheus.CounterVec   // target
-	Events              *prometheus.CounterVec   // source
-	EventsLost          *prometheus.CounterVec   // source
-	EventsLate          *prometheus.CounterVec   // source
-	Source              *prometheus.GaugeVec     // source: 1 for the one in use
-	FlowEvictions       prometheus.Counter
-	KernelFlowEvictions prometheus.Counter   // estimated from the kernel's counters
-	HookAttached        *prometheus.GaugeVec // hook
-	BuildInfo           *prometheus.GaugeVec // version, goversion
+	ExchangeDuration *prometheus.HistogramVec // server, client, phase
+	Stalls           *prometheus.CounterVec   // server, client, state
+	StallOutcomes    *prometheus.CounterVec   // server, client, outcome
+	StallReleases    *prometheus.CounterVec   // server, cause
+	IdleCloseRaces   *prometheus.CounterVec   // server, client, kind
+	ReuseIdleAge     *prometheus.HistogramVec // server, client
+	TLSAlerts        *prometheus.CounterVec   // server, direction
+	ConnectionCloses *prometheus.CounterVec   // server, client, initiator, how
+	Retransmits      *prometheus.CounterVec   // server
+	MeasurementSkew  *prometheus.HistogramVec // target
+	ProbeSuccess     *prometheus.GaugeVec     // target
+	ProbePhase       *prometheus.HistogramVec // target, conn, phase
+	ProbeFailures    *prometheus.CounterVec   // target, reason
+	PoolConnections  *prometheus.GaugeVec     // target, state
+	PoolExhausted    *prometheus.CounterVec   // target
+	Events           *prometheus.CounterVec   // source
+	EventsLost       *prometheus.CounterVec   // source
+	EventsLate       *prometheus.CounterVec   // source
+	Source           *prometheus.GaugeVec     // source: 1 for the one in use
+	FlowEvictions    prometheus.Counter
+	// of FlowEvictions, flows with an exchange open or an answer unread
+	FlowEvictionsOpenExchange prometheus.Counter
+	KernelFlowEvictions       prometheus.Counter   // estimated from the kernel's counters
+	HookAttached              *prometheus.GaugeVec // hook
+	BuildInfo                 *prometheus.GaugeVec // version, goversion
 }
 
 func name(n string) string { return prometheus.BuildFQName(namespace, "", n) }
@@ -141,6 +143,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			[]string{"source"}),
 		FlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("flow_evictions_total"),
 			Help: "Flows dropped to stay within max-flows."}),
+		FlowEvictionsOpenExchange: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: name("flow_evictions_open_exchange_total"),
+			Help: "Flows dropped to stay within max-flows that had an exchange open or an answer waiting unread, as no flow was idle."}),
 		KernelFlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("kernel_flow_evictions_total"),
 			Help: "Flows the kernel's flow table (max-flows entries) dropped to make room, estimated from its counters."}),
 		HookAttached: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("kernel_hook_attached"),
@@ -155,6 +160,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.ConnectionCloses, m.Retransmits, m.MeasurementSkew,
 			m.ProbeSuccess, m.ProbePhase, m.ProbeFailures, m.PoolConnections,
 			m.PoolExhausted, m.Events, m.EventsLost, m.EventsLate, m.Source, m.FlowEvictions,
+			m.FlowEvictionsOpenExchange,
 			m.KernelFlowEvictions, m.HookAttached, m.BuildInfo)
 	}
 	return m

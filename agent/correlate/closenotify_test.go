@@ -56,6 +56,7 @@ func TestServerCloseNotifyProvedByReset(t *testing.T) {
 // takes its record's.
 func TestCloseNotifyWithoutRefKeepsItsTime(t *testing.T) {
 	h := newHarness(t, nil)
+	h.obs(observe.State, flowA, 0, fromClient, state(observe.TCPSynSent, observe.TCPEstablished)) // seen from its connect
 	h.obs(observe.TLSAlert, flowA, 5, fromServer, flags(observe.Probable)).obs(observe.FIN, flowA, 5, fromServer)
 	h.obs(observe.TLSAlert, flowA, 5.001, fromClient, heldRecord(5.0005)).obs(observe.FIN, flowA, 5.001, fromClient)
 	h.wantKinds("tls_alert:server tls_alert:client close:server")

@@ -163,7 +163,8 @@ type flow struct {
 	meter  FlowMeter // for this flow's labels
 	ex     *exchange
 	unread *exchange // an unread stall, while it lasts
-	// prev, next: the flows' order by their last observation.
+	// prev, next: the flows' order by their last observation, in the
+	// ring of idle flows or in that of busy ones (flagBusy).
 	prev, next *flow
 	closeHow   string // fin or rst
 	lastGap    time.Duration
@@ -202,6 +203,12 @@ const (
 	flagFinServer                           // a FIN or RST seen from the server: flagFinClient<<1
 	flagHaveState                           // a TCP state is shown
 	flagUnacked                             // request bytes the server has not ACKed, as sock_diag last read
+	// flagSeeded: the connection was closing when the correlator first
+	// saw it. Its close began unseen: it is neither counted nor reported,
+	// and the FINs its first state implied (flagFinClient, flagFinServer)
+	// are not closes of now.
+	flagSeeded
+	flagBusy // in the ring of busy flows
 )
 
 // is says whether every flag of fl is set.
@@ -226,6 +233,19 @@ const (
 	closedIdle  = time.Minute
 )
 
+// buriedLinger is how long a closed flow that left the table is
+// remembered, so that the late signals of its connection do not make it
+// anew and close it again: the other end's last packets, the state
+// tracepoint, and sock_diag, which shows a TIME_WAIT socket for a minute
+// (TCP_TIMEWAIT_LEN, include/net/tcp.h) and tells its queues once a
+// minute, at one of its polls.
+const buriedLinger = 70 * time.Second
+
+// minBuried: a quarter of --max-flows closed flows are remembered, and
+// at least this many; then the oldest is forgotten. A late signal of a
+// forgotten one makes a flow seeded closed (see find), not a second close.
+const minBuried = 1024
+
 // Meter takes the measurements that are not events as they happen: the
 // agent's Prometheus histograms and counters. Events carry the rest, and
 // State the gauges.
@@ -236,7 +256,11 @@ type Meter interface {
 	Observed(observe.Source)
 	Retransmits(server string, n uint32)
 	Skew(server string, d time.Duration) // the canary's gap minus the kernel's
+	// FlowEvicted counts a flow evicted at max-flows; FlowEvictedOpen
+	// also counts it when it was busy: an exchange open or an answer
+	// waiting unread, which the agent stops following.
 	FlowEvicted()
+	FlowEvictedOpen()
 }
 
 // FlowMeter measures one flow's exchanges.
@@ -252,6 +276,7 @@ func (noMeter) Observed(observe.Source)          {}
 func (noMeter) Retransmits(string, uint32)       {}
 func (noMeter) Skew(string, time.Duration)       {}
 func (noMeter) FlowEvicted()                     {}
+func (noMeter) FlowEvictedOpen()                 {}
 func (noMeter) Gap(observe.Phase, time.Duration) {}
 func (noMeter) IdleAge(time.Duration)            {}
 
@@ -276,9 +301,18 @@ type Correlator struct {
 	servers map[netip.AddrPort]*server
 	other   *server
 	canary  map[netip.AddrPort]bool // local addresses of the canary's connections
-	// quiet heads a ring of the flows, least recently observed first: the
-	// flow to evict at max-flows, found without walking the table.
-	quiet flow
+	// idle and busy head two rings of the flows, least recently observed
+	// first: those with an exchange open or an answer waiting unread are
+	// busy, the others idle. At max-flows the quietest idle flow is
+	// evicted, found without walking the table; a busy one only when no
+	// flow is idle, so that the stalls this agent is for are the last
+	// lost.
+	idle, busy flow
+	// buried remembers closed flows that left the table a moment ago, by
+	// their place in graves, a ring that bounds them.
+	buried map[observe.Flow]int32
+	graves []grave
+	grave  int // the next place in graves
 	// due is a min-heap of the open exchanges not stalled yet, by start:
 	// the next to cross the stall threshold is due[0]. Each entry holds
 	// its start, so that the heap's comparisons stay in the slice.
@@ -307,8 +341,10 @@ func New(cfg Config, m Meter, emit func(Event)) (*Correlator, error) {
 	}
 	c := &Correlator{cfg: cfg, m: m, emit: emit, flows: map[observe.Flow]*flow{},
 		servers: map[netip.AddrPort]*server{}, other: &server{label: ServerOther},
-		canary: map[netip.AddrPort]bool{}, loc: time.Local}
-	c.quiet.prev, c.quiet.next = &c.quiet, &c.quiet
+		canary: map[netip.AddrPort]bool{}, loc: time.Local, buried: map[observe.Flow]int32{}}
+	c.idle.prev, c.idle.next = &c.idle, &c.idle
+	c.busy.prev, c.busy.next = &c.busy, &c.busy
+	c.busy.flags = flagBusy
 	return c, nil
 }
 
@@ -324,13 +360,26 @@ func (c *Correlator) server(addr netip.AddrPort) *server {
 	return s
 }
 
-// lookup finds or makes the flow, evicting the quietest at the limit.
+// lookup finds or makes the flow.
 func (c *Correlator) lookup(key observe.Flow, now instant) *flow {
 	if f, ok := c.flows[key]; ok {
 		return f
 	}
+	return c.newFlow(key, now)
+}
+
+// newFlow makes a flow, evicting one at the limit: the quietest idle
+// flow, or the quietest busy one when none is idle.
+func (c *Correlator) newFlow(key observe.Flow, now instant) *flow {
 	if len(c.flows) >= c.cfg.MaxFlows {
-		c.drop(c.quiet.next, now)
+		victim := c.idle.next
+		if victim == &c.idle {
+			victim = c.busy.next
+		}
+		if victim.busy() {
+			c.m.FlowEvictedOpen()
+		}
+		c.drop(victim, now)
 		c.m.FlowEvicted()
 	}
 	f := &flow{key: key, srv: c.server(key.Server), client: ClientUnknown, lastSeen: now}
@@ -344,14 +393,179 @@ func (c *Correlator) lookup(key observe.Flow, now instant) *flow {
 	return f
 }
 
-// touch moves f to the loud end of the flows' order.
+// busy: an exchange is open on the flow, or an answer waits unread in
+// its socket: what evicting it would lose.
+func (f *flow) busy() bool { return f.ex != nil || !f.unreadSince.IsZero() }
+
+// touch moves f to the loud end of the ring it belongs in now.
 func (c *Correlator) touch(f *flow) {
 	if f.next != nil {
 		f.prev.next, f.next.prev = f.next, f.prev
 	}
-	last := c.quiet.prev
-	f.prev, f.next = last, &c.quiet
-	last.next, c.quiet.prev = f, f
+	head := &c.idle
+	if f.busy() {
+		head = &c.busy
+	}
+	f.set(flagBusy, head == &c.busy)
+	last := head.prev
+	f.prev, f.next = last, head
+	last.next, head.prev = f, f
+}
+
+// refile moves f to the other ring when it became busy or idle other
+// than by an observation of its own (a sweep).
+func (c *Correlator) refile(f *flow) {
+	if f.is(flagBusy) != f.busy() {
+		c.touch(f)
+	}
+}
+
+// grave is a closed flow that left the table, and when.
+type grave struct {
+	key observe.Flow
+	at  instant
+}
+
+// bury remembers a closed flow that leaves the table; the ring's oldest
+// is forgotten when it is full.
+func (c *Correlator) bury(key observe.Flow, now instant) {
+	if i, ok := c.buried[key]; ok {
+		c.graves[i].at = now
+		return
+	}
+	i := c.grave
+	if i < len(c.graves) {
+		if old := c.graves[i].key; c.buried[old] == int32(i) {
+			delete(c.buried, old)
+		}
+		c.graves[i] = grave{key, now}
+	} else {
+		c.graves = append(c.graves, grave{key, now})
+	}
+	c.buried[key] = int32(i)
+	if c.grave = i + 1; c.grave == max(c.cfg.MaxFlows/4, minBuried) {
+		c.grave = 0
+	}
+}
+
+// isBuried says whether key is a closed flow that left the table less
+// than buriedLinger before now, or that sock_diag told of since.
+func (c *Correlator) isBuried(key observe.Flow, now instant) bool {
+	i, ok := c.buried[key]
+	if !ok {
+		return false
+	}
+	if now.Sub(c.graves[i].at) >= buriedLinger {
+		delete(c.buried, key)
+		return false
+	}
+	return true
+}
+
+// stillThere: sock_diag tells of a buried flow's socket, which lingers
+// closing (in CLOSE_WAIT until its application closes it, in TIME_WAIT):
+// the flow is remembered as long. sock_diag tells an idle socket's queues
+// once a minute; a closed flow, dropped after a minute's quiet, would
+// come back with them, and the socket's last change would close it again.
+func (c *Correlator) stillThere(key observe.Flow, now instant) {
+	if g := &c.graves[c.buried[key]]; now.After(g.at) {
+		g.at = now
+	}
+}
+
+// closing says whether a TCP state is one of a connection's close.
+func closing(s observe.TCPState) bool {
+	switch s {
+	case observe.TCPFinWait1, observe.TCPFinWait2, observe.TCPTimeWait, observe.TCPCloseWait,
+		observe.TCPLastAck, observe.TCPClosing, observe.TCPClose:
+		return true
+	}
+	return false
+}
+
+// finsOf are the FINs that one end's state says were sent: its own
+// (FIN_WAIT, TIME_WAIT, CLOSING, LAST_ACK) and its peer's (CLOSE_WAIT,
+// LAST_ACK, TIME_WAIT, CLOSING). dir is the end's, as State gives it:
+// ToServer for the client end.
+func finsOf(dir observe.Direction, s observe.TCPState) flowFlags {
+	own, peer := flagFinClient<<(dir&1), flagFinClient<<(1-dir&1)
+	switch s {
+	case observe.TCPFinWait1, observe.TCPFinWait2:
+		return own
+	case observe.TCPTimeWait, observe.TCPClosing, observe.TCPLastAck:
+		return own | peer
+	case observe.TCPCloseWait:
+		return peer
+	}
+	return 0
+}
+
+// opens says whether an observation is of a connection that begins: a
+// new connection on the addresses of a closed flow makes it anew.
+func opens(o *observe.Observation) bool {
+	switch o.Kind {
+	case observe.State:
+		switch o.NewState {
+		case observe.TCPSynSent, observe.TCPSynRecv, observe.TCPNewSynRecv, observe.TCPEstablished:
+			return true
+		}
+	case observe.ExchangeStart:
+		return o.Phase == observe.PhaseHandshake
+	case observe.CanaryConn:
+		return true
+	}
+	return false
+}
+
+// closes says whether an observation is of a connection's close: a
+// FIN, a reset, a TLS alert (a close_notify begins a close), or a
+// closing state.
+func closes(o *observe.Observation) bool {
+	switch o.Kind {
+	case observe.FIN, observe.RST, observe.TLSAlert:
+		return true
+	case observe.State:
+		return closing(o.NewState)
+	}
+	return false
+}
+
+// find is the flow an observation is of, made when it is new; nil when
+// the observation makes none: a late signal of a closed flow that left
+// the table, or a socket gone that was never followed. A live source's
+// flow whose first signal is its close was closing before the correlator
+// saw it: sock_diag found it so at the start, or the flow was dropped
+// and this is its connection's late signal; it is seeded closed, and its
+// close is not counted. A capture's flow is not: a capture sees what
+// happens from its start, and a connection that was idle then shows
+// first with its close.
+func (c *Correlator) find(o *observe.Observation, now instant) *flow {
+	if f, ok := c.flows[o.Flow]; ok {
+		return f
+	}
+	if o.Kind == observe.State && o.NewState == observe.TCPClose {
+		return nil
+	}
+	if c.isBuried(o.Flow, now) {
+		if !opens(o) {
+			if o.Source == observe.SourceSockDiag {
+				c.stillThere(o.Flow, now)
+			}
+			return nil
+		}
+		delete(c.buried, o.Flow)
+	}
+	f := c.newFlow(o.Flow, now)
+	if o.Source != observe.SourceCapture && closes(o) {
+		f.set(flagClosed|flagCloseReported|flagSeeded, true)
+		f.srv.open--
+		if o.Kind == observe.State && o.OldState == 0 {
+			// sock_diag's first sight: the FINs its state implies were
+			// sent before; a state change (the tracepoint) is of now.
+			f.flags |= finsOf(o.Dir, o.NewState)
+		}
+	}
+	return f
 }
 
 func firstOf(t [2]instant) instant {
@@ -373,6 +587,9 @@ func (c *Correlator) drop(f *flow, now instant) {
 	c.endUnread(f, now, OutcomeEvicted)
 	if !f.is(flagClosed) {
 		f.srv.open--
+	}
+	if f.is(flagClosed) || f.is(flagHaveState) && closing(f.tcpState) {
+		c.bury(f.key, now)
 	}
 	delete(c.flows, f.key)
 	delete(c.canary, f.key.Client)
@@ -398,6 +615,7 @@ func (c *Correlator) Observe(o observe.Observation) {
 		// The flow is made now, so that the mark leaves with it even when
 		// the kernel never shows the connection (a failed handshake).
 		c.canary[o.Flow.Client] = true
+		delete(c.buried, o.Flow) // a new connection
 		c.relabel(c.lookup(o.Flow, now), ClientCanary)
 		return
 	case observe.ServerOptions:
@@ -412,7 +630,10 @@ func (c *Correlator) Observe(o observe.Observation) {
 	case observe.CanaryAnswer:
 		// The canary and the kernel report the same answer in either order;
 		// the canary's often comes first, before the kernel has shown the flow.
-		f := c.lookup(o.Flow, now)
+		f := c.find(&o, now)
+		if f == nil {
+			return
+		}
 		if f.lastGap > 0 && now.Sub(f.answeredAt).Abs() <= canaryMatch {
 			c.m.Skew(f.srv.label, o.Gap-f.lastGap)
 		} else {
@@ -421,9 +642,11 @@ func (c *Correlator) Observe(o observe.Observation) {
 		return
 	}
 
-	f := c.lookup(o.Flow, now)
+	f := c.find(&o, now)
+	if f == nil {
+		return
+	}
 	f.lastSeen = now
-	c.touch(f)
 	switch o.Kind {
 	case observe.ExchangeStart:
 		c.start(f, o, now)
@@ -444,6 +667,11 @@ func (c *Correlator) Observe(o observe.Observation) {
 			f.ex.retransmits += n
 		}
 	case observe.State:
+		if f.is(flagSeeded) && o.OldState == 0 {
+			// sock_diag's first sight of the flow's other end (loopback):
+			// the FINs its state implies came before the flow was seen.
+			f.flags |= finsOf(o.Dir, o.NewState)
+		}
 		c.state(f, o, now)
 	case observe.AppRead:
 		c.read(f, now)
@@ -467,6 +695,7 @@ func (c *Correlator) Observe(o observe.Observation) {
 			}
 		}
 	}
+	c.touch(f) // after the observation: it may have made the flow busy or idle
 }
 
 func (c *Correlator) start(f *flow, o observe.Observation, now instant) {
@@ -631,11 +860,14 @@ func (c *Correlator) close(f *flow, o observe.Observation, now instant) {
 	if f.closeHow == "" {
 		f.closeHow = how // a reset after the FINs (unread bytes) does not change how it closed
 	}
-	c.noteClose(f, o.Dir, now)
+	fin := flagFinClient << (o.Dir & 1)
+	if !f.is(flagSeeded | fin) { // else a FIN sent before the flow was seen, told now
+		c.noteClose(f, o.Dir, now)
+	}
 	// Both sides have spoken, or a reset ended it: who closed first is
 	// known. Otherwise Sweep decides after the race window, as the other
 	// side's close_notify may still be on its way.
-	f.set(flagFinClient<<(o.Dir&1), true)
+	f.set(fin, true)
 	if how == "rst" || f.is(flagFinClient|flagFinServer) {
 		c.reportClose(f)
 	}
@@ -871,6 +1103,7 @@ func (c *Correlator) sweep(now instant) {
 		if ex := f.ex; ex != nil && !ex.tentative.IsZero() && now.Sub(ex.tentative) >= c.cfg.TicketWait {
 			c.finish(f, ex.tentative, OutcomeAnswered)
 			f.set(flagTicketTaken, true)
+			c.refile(f)
 		}
 		if !f.unreadSince.IsZero() && f.unread == nil && now.Sub(f.unreadSince) >= c.cfg.StallThreshold {
 			f.unread = &exchange{start: f.unreadSince, ackedAt: f.unreadSince, phase: observe.PhaseRequest, flow: f}
@@ -950,6 +1183,7 @@ func (c *Correlator) Advance(t time.Time) {
 func (c *Correlator) Flush() {
 	for _, f := range c.flows {
 		c.settle(f)
+		c.refile(f)
 		if f.is(flagClosed) {
 			c.reportClose(f)
 		}

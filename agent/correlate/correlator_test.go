@@ -187,6 +187,8 @@ func (h *harness) metric(name string, l ...string) float64 {
 		return float64(h.m.retransmits[label(0)])
 	case "flow_evictions":
 		return float64(h.m.evictions)
+	case "flow_evictions_open_exchange":
+		return float64(h.m.evictedOpen)
 	}
 	h.t.Fatalf("no metric %s", name)
 	return 0
@@ -207,6 +209,7 @@ type testMeter struct {
 	skews       map[string][]time.Duration
 	observed    map[observe.Source]int
 	evictions   int
+	evictedOpen int
 }
 
 func newTestMeter() *testMeter {
@@ -225,7 +228,8 @@ func (m *testMeter) Retransmits(server string, n uint32)  { m.retransmits[server
 func (m *testMeter) Skew(server string, d time.Duration) {
 	m.skews[server] = append(m.skews[server], d)
 }
-func (m *testMeter) FlowEvicted() { m.evictions++ }
+func (m *testMeter) FlowEvicted()     { m.evictions++ }
+func (m *testMeter) FlowEvictedOpen() { m.evictedOpen++ }
 func (f testFlowMeter) Gap(p observe.Phase, d time.Duration) {
 	k := [3]string{f.server, f.client, p.String()}
 	f.m.gaps[k] = append(f.m.gaps[k], d)
@@ -477,6 +481,7 @@ func TestRelease(t *testing.T) {
 
 func TestResetsAfterCloseCountOnce(t *testing.T) {
 	h := newHarness(t, nil)
+	h.obs(observe.State, flowA, 0, fromClient, state(observe.TCPSynSent, observe.TCPEstablished)) // seen from its connect
 	h.obs(observe.FIN, flowA, 1, fromClient).obs(observe.RST, flowA, 1.1, fromClient).
 		obs(observe.RST, flowA, 1.2, fromClient).sweep(3).obs(observe.RST, flowA, 3.5, fromClient)
 	h.wantKinds("close:client")
@@ -489,6 +494,7 @@ func TestResetsAfterCloseCountOnce(t *testing.T) {
 func TestReleaseReportedLate(t *testing.T) {
 	h := newHarness(t, nil)
 	h.obs(observe.ExchangeStart, flowA, 1).obs(observe.Acked, flowA, 1.04).sweep(11)
+	h.obs(observe.State, flowB, 2, fromClient, state(observe.TCPSynSent, observe.TCPEstablished)) // an idle sibling
 	h.obs(observe.Answer, flowA, 40.008)
 	h.obs(observe.FIN, flowB, 40.009, fromClient) // the client answers the close_notify first
 	h.obs(observe.TLSAlert, flowB, 40, fromServer, flags(observe.Probable)).obs(observe.FIN, flowB, 40.01, fromServer)

@@ -1,0 +1,47 @@
+package agent
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/icapwatch/icapwatch/agent/observe"
+)
+
+// After a restart sock_diag's first poll finds the connections that
+// closed before it in TIME_WAIT and the other closing states: they are
+// followed, and no close is counted or told for them. A connection seen
+// established that closes later counts once.
+func TestDiagSeedingClosingSocketsCountsNoClose(t *testing.T) {
+	for _, exchanges := range []bool{false, true} { // beside the kernel probes, and as the source
+		h := newHarness(t)
+		d := newDiagTracker(exchanges)
+		var socks []Socket
+		for i, st := range []observe.TCPState{observe.TCPTimeWait, observe.TCPFinWait1, observe.TCPFinWait2,
+			observe.TCPCloseWait, observe.TCPLastAck, observe.TCPClosing} {
+			client := netip.AddrPortFrom(flowA.Client.Addr(), uint16(41000+i))
+			socks = append(socks, Socket{Flow: observe.Flow{Client: client, Server: srvA}, ClientEnd: true, State: st,
+				PID: 77, Comm: "scanapp"})
+		}
+		socks = append(socks, Socket{Flow: flowA, ClientEnd: true, State: observe.TCPEstablished, PID: 77, Comm: "scanapp"})
+		poll := func(s float64) {
+			h.now = at(s)
+			d.update(h.now, socks, h.c.Observe)
+			h.c.Sweep(h.now)
+		}
+		poll(1)
+		poll(4)
+		h.wantKinds("")
+		h.wantSeries("icapwatch_connection_closes_total", 0, nil)
+		h.wantMetric("icapwatch_connections", 1, map[string]string{"server": srvA.String(), "state": "time_wait"})
+		h.wantMetric("icapwatch_connections", 1, map[string]string{"server": srvA.String(), "state": "established"})
+
+		socks[len(socks)-1].State = observe.TCPTimeWait
+		poll(7)
+		poll(10)
+		h.wantKinds("close")
+		h.wantMetric("icapwatch_connection_closes_total", 1, map[string]string{"server": srvA.String()})
+		// The eviction counters are there from the start, at zero.
+		h.wantSeries("icapwatch_flow_evictions_open_exchange_total", 1, nil)
+		h.wantMetric("icapwatch_flow_evictions_open_exchange_total", 0, nil)
+	}
+}
