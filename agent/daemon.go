@@ -65,8 +65,11 @@ type DaemonConfig struct {
 	Canary        CanaryConfig
 	Web           exporter.WebConfig
 	EventsKeep    int
-	Proc          string // the host's /proc
-	Logger        hclog.Logger
+	// MaxClients bounds the client label's values: process names beyond
+	// are labelled other (see clientLabels).
+	MaxClients int
+	Proc       string // the host's /proc
+	Logger     hclog.Logger
 	// OnEvent, when set, is told of every event too (the demo's timeline),
 	// and OnGap of every answered exchange. Both run under the agent's
 	// lock and must not call the Daemon.
@@ -74,6 +77,7 @@ type DaemonConfig struct {
 	OnGap   func(correlate.Gap)
 
 	kernelFlowsEvery time.Duration // 0: kernelFlowsEvery; tests shorten it
+	clientLinger     time.Duration // 0: clientLinger; tests shorten it
 }
 
 // DefaultDaemonConfig returns the agent's defaults.
@@ -88,12 +92,17 @@ func DefaultDaemonConfig() DaemonConfig {
 		Canary:        CanaryConfig{Interval: 30 * time.Second, PoolSize: 1, MaxIdle: 60 * time.Second},
 		Web:           exporter.WebConfig{ListenAddresses: []string{":9344"}},
 		EventsKeep:    1000,
+		MaxClients:    64,
 		Proc:          "/proc",
 	}
 }
 
 // MaxEventsKeep bounds --events.keep: the ring is allocated at start.
 const MaxEventsKeep = 100000
+
+// MaxClientLabels bounds --max-clients: every metric with a client label
+// has a series for each value.
+const MaxClientLabels = 10000
 
 // Validate names the flag whose value is wrong.
 func (c DaemonConfig) Validate() error {
@@ -138,6 +147,9 @@ func (c DaemonConfig) Validate() error {
 	if c.EventsKeep < 1 || c.EventsKeep > MaxEventsKeep {
 		return fmt.Errorf("--events.keep: %d is not from 1 to %d", c.EventsKeep, MaxEventsKeep)
 	}
+	if c.MaxClients < 1 || c.MaxClients > MaxClientLabels {
+		return fmt.Errorf("--max-clients: %d is not from 1 to %d", c.MaxClients, MaxClientLabels)
+	}
 	if c.Canary.CA != "" {
 		if _, err := icap.LoadCAFile(c.Canary.CA); err != nil {
 			return fmt.Errorf("--canary.ca: %w", err)
@@ -162,6 +174,7 @@ type Daemon struct {
 
 	mu     sync.Mutex // guards the correlator and what follows
 	corr   *correlate.Correlator
+	meter  *meter
 	events []correlate.Event // ring of the last EventsKeep
 	next   int
 	full   bool
@@ -187,13 +200,19 @@ func NewDaemon(cfg DaemonConfig) (*Daemon, error) {
 	// Live, a sweep that comes late (a suspended host) need not catch up
 	// second by second: stalls due meanwhile are still found at their time.
 	corrCfg.SweepInterval, corrCfg.MaxCatchUp = cfg.SweepInterval, cfg.SweepInterval
-	corr, err := correlate.New(corrCfg, newMeter(d.m), d.onEvent)
+	linger := clientLinger
+	if cfg.clientLinger > 0 {
+		linger = cfg.clientLinger
+	}
+	d.meter = newMeter(d.m, cfg.MaxClients, linger, time.Now)
+	corr, err := correlate.New(corrCfg, d.meter, d.onEvent)
 	if err != nil {
 		return nil, err
 	}
 	d.corr = corr
 	corr.OnGap = cfg.OnGap
-	d.reg.MustRegister(&stateCollector{descs: exporter.NewStateDescs(), mu: &d.mu, corr: corr, now: time.Now})
+	d.reg.MustRegister(&stateCollector{descs: exporter.NewStateDescs(), mu: &d.mu, corr: corr,
+		clients: d.meter.clients, now: time.Now})
 	return d, nil
 }
 
@@ -222,7 +241,7 @@ func (d *Daemon) onEvent(e correlate.Event) {
 	d.events[d.next] = e
 	d.next = (d.next + 1) % len(d.events)
 	d.full = d.full || d.next == 0
-	countEvent(d.m, e)
+	d.meter.count(e)
 	// An ordinary close is routine: thousands an hour on a busy host. A
 	// close with a request open, and every other event, is news.
 	level := hclog.Info
@@ -316,6 +335,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// every sweep; beside the kernel probes (seeding, unacked, unread) a
 	// slower pace will do, which matters with tens of thousands of sockets.
 	pollEvery, lastPoll := d.cfg.SweepInterval, time.Time{}
+	// Client labels no open connection has are let go now and then.
+	retireEvery, lastRetire := min(time.Minute, d.meter.clients.linger), time.Now()
 	if probe != nil {
 		pollEvery = sockDiagBeside
 	}
@@ -350,6 +371,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 			d.corr.Advance(now.Add(-d.lag))
 			next = d.corr.NextSweep().Add(d.lag)
+			if now.Sub(lastRetire) >= retireEvery {
+				lastRetire = now
+				d.retireClients(now)
+			}
 			d.mu.Unlock()
 			tick.Reset(time.Until(next))
 			if probe != nil {
@@ -398,6 +423,16 @@ func (d *Daemon) stop(probe *bpf.Probe, counted <-chan struct{}, wg *sync.WaitGr
 		err = webErr
 	}
 	return err
+}
+
+// retireClients lets the client labels go that no open connection has
+// had for the linger, with their series. Under d.mu.
+func (d *Daemon) retireClients(now time.Time) {
+	inUse := map[string]bool{}
+	for l := range d.corr.State(now).Connections {
+		inUse[l.Client] = true
+	}
+	d.meter.retire(inUse)
 }
 
 // openSource attaches the kernel probes, or falls back to sock_diag.

@@ -28,6 +28,7 @@ func at(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Seco
 type harness struct {
 	t      *testing.T
 	c      *correlate.Correlator
+	meter  *meter
 	reg    *prometheus.Registry
 	events []correlate.Event
 	now    time.Time
@@ -35,10 +36,18 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessClients(t, DefaultDaemonConfig().MaxClients, clientLinger)
+}
+
+// newHarnessClients is newHarness with maxClients client labels, each
+// kept for linger after its last connection.
+func newHarnessClients(t *testing.T, maxClients int, linger time.Duration) *harness {
+	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry()}
 	m := exporter.NewMetrics(h.reg)
-	c, err := correlate.New(correlate.DefaultConfig(), newMeter(m), func(e correlate.Event) {
-		countEvent(m, e)
+	h.meter = newMeter(m, maxClients, linger, func() time.Time { return h.now })
+	c, err := correlate.New(correlate.DefaultConfig(), h.meter, func(e correlate.Event) {
+		h.meter.count(e)
 		h.events = append(h.events, e)
 	})
 	if err != nil {
@@ -46,7 +55,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	h.c = c
 	h.reg.MustRegister(&stateCollector{descs: exporter.NewStateDescs(), mu: new(sync.Mutex), corr: c,
-		now: func() time.Time { return h.now }})
+		clients: h.meter.clients, now: func() time.Time { return h.now }})
 	return h
 }
 

@@ -1,16 +1,20 @@
 package agent
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
 
 	"github.com/icapwatch/icapwatch/internal/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 )
 
@@ -111,3 +115,152 @@ func TestHostileProcessName(t *testing.T) {
 }
 
 func unsafePointer(b []byte) unsafe.Pointer { return unsafe.Pointer(&b[0]) }
+
+// dialAs connects to addr from a thread named name: the kernel names the
+// connection's process by the connecting thread. The thread ends with
+// its goroutine, locked, and its name with it.
+func dialAs(name, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the renamed thread exits
+		b := append([]byte(name), 0)
+		if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafePointer(b)), 0, 0, 0); err != nil {
+			done <- result{nil, err}
+			return
+		}
+		c, err := net.Dial("tcp", addr)
+		done <- result{c, err}
+	}()
+	r := <-done
+	return r.c, r.err
+}
+
+// A process that renames itself before each connection made a series of
+// every client-labelled metric per name, for good. With --max-clients the
+// label values stay bounded, the rest counted as other; and once the
+// connections are gone, their names' series go after the linger.
+func TestRenamingProcessLoad(t *testing.T) {
+	testutil.RequireRoot(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	const n, maxClients = 400, 8
+	cfg := loopbackAgent(ln.Addr().(*net.TCPAddr).Port)
+	cfg.MaxClients, cfg.clientLinger = maxClients, 2*time.Second
+	base := startDaemon(t, cfg)
+	for i := range n {
+		c, err := dialAs(fmt.Sprintf("renamed%d", i), ln.Addr().String())
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+
+	// clients is every client label value in /metrics.
+	clients := func(mfs map[string]*dto.MetricFamily) map[string]bool {
+		out := map[string]bool{}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "client" {
+						out[l.GetValue()] = true
+					}
+				}
+			}
+		}
+		return out
+	}
+	var mfs map[string]*dto.MetricFamily
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		mfs = scrape(t, base+"/metrics")
+		if sum(mfs, "icapwatch_connections", map[string]string{"state": "established"}) >= n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v connections established in /metrics, want %d", sum(mfs, "icapwatch_connections", nil), n)
+		}
+	}
+	seen := clients(mfs)
+	named := 0
+	for c := range seen {
+		if strings.HasPrefix(c, "renamed") {
+			named++
+		}
+	}
+	if named != maxClients || !seen[ClientOther] {
+		t.Errorf("client labels %v: want %d process names and %q", seen, maxClients, ClientOther)
+	}
+	if got := sum(mfs, "icapwatch_client_label_overflows_total", nil); got < n-maxClients {
+		t.Errorf("icapwatch_client_label_overflows_total = %v, want at least %d", got, n-maxClients)
+	}
+	// About 15 KB; a series of each name would be over 200 KB.
+	if text := get(t, base+"/metrics"); len(text) > 32<<10 {
+		t.Errorf("/metrics is %d bytes with %d connections", len(text), n)
+	}
+
+	// Both ends of every connection close: the server's once accepted.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		mu.Lock()
+		if len(conns) == 2*n {
+			for _, c := range conns {
+				c.Close()
+			}
+			conns = nil
+			mu.Unlock()
+			break
+		}
+		mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("the server end of %d connections not accepted", n)
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		left := 0
+		for c := range clients(scrape(t, base+"/metrics")) {
+			if strings.HasPrefix(c, "renamed") {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			var lines []string
+			for _, l := range strings.Split(get(t, base+"/metrics"), "\n") {
+				if strings.Contains(l, `client="renamed`) {
+					lines = append(lines, l)
+				}
+			}
+			t.Fatalf("%d process names' series still in /metrics 30 s after their connections closed:\n%s",
+				left, strings.Join(lines, "\n"))
+		}
+	}
+}

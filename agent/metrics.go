@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"maps"
 	"sync"
 	"time"
 
@@ -16,13 +15,20 @@ import (
 // makes no label lookup, and one flow meter per label pair, shared by the
 // flows that have them. The correlator's goroutine is its only user.
 type meter struct {
-	m      *exporter.Metrics
-	events [8]prometheus.Counter // by observe.Source
-	flows  map[[2]string]*flowMeter
+	m       *exporter.Metrics
+	events  [8]prometheus.Counter // by observe.Source
+	flows   map[[2]string]*flowMeter
+	clients *clientLabels
+	now     func() time.Time
 }
 
-func newMeter(m *exporter.Metrics) *meter {
-	mt := &meter{m: m, flows: map[[2]string]*flowMeter{}}
+// clientLinger is how long a process name keeps its client label after
+// its last connection has closed.
+const clientLinger = 10 * time.Minute
+
+func newMeter(m *exporter.Metrics, maxClients int, linger time.Duration, now func() time.Time) *meter {
+	mt := &meter{m: m, flows: map[[2]string]*flowMeter{}, now: now,
+		clients: newClientLabels(maxClients, linger, m.ClientOverflows)}
 	for src := range mt.events {
 		mt.events[src] = m.Events.WithLabelValues(observe.Source(src).String())
 	}
@@ -38,7 +44,10 @@ type flowMeter struct {
 	idle           prometheus.Observer
 }
 
+// Flow is the meter of a connection that has just taken the label pair:
+// the client's label is bounded (clientLabels).
 func (mt *meter) Flow(server, client string) correlate.FlowMeter {
+	client = mt.clients.assign(client, mt.now(), true)
 	k := [2]string{server, client}
 	f := mt.flows[k]
 	if f == nil {
@@ -83,21 +92,43 @@ func (f *flowMeter) IdleAge(d time.Duration) {
 	f.idle.Observe(d.Seconds())
 }
 
-// countEvent counts an event in the counters that follow events.
-func countEvent(m *exporter.Metrics, e correlate.Event) {
+// retire lets the client labels go that no open connection has had for
+// the linger (inUse: the process names of the open connections), and
+// their series with them.
+func (mt *meter) retire(inUse map[string]bool) {
+	for _, name := range mt.clients.retire(mt.now(), inUse) {
+		l := prometheus.Labels{"client": name}
+		mt.m.ExchangeDuration.DeletePartialMatch(l)
+		mt.m.ReuseIdleAge.DeletePartialMatch(l)
+		mt.m.Stalls.DeletePartialMatch(l)
+		mt.m.StallOutcomes.DeletePartialMatch(l)
+		mt.m.IdleCloseRaces.DeletePartialMatch(l)
+		mt.m.ConnectionCloses.DeletePartialMatch(l)
+		for k := range mt.flows {
+			if k[1] == name {
+				delete(mt.flows, k)
+			}
+		}
+	}
+}
+
+// count counts an event in the counters that follow events, under the
+// client's label; the event itself keeps the process name.
+func (mt *meter) count(e correlate.Event) {
+	m, client := mt.m, mt.clients.assign(e.Client, mt.now(), false)
 	switch d := e.Detail.(type) {
 	case *correlate.Stall:
-		m.Stalls.WithLabelValues(e.Server, e.Client, d.State).Inc()
+		m.Stalls.WithLabelValues(e.Server, client, d.State).Inc()
 	case *correlate.StallEnd:
-		m.StallOutcomes.WithLabelValues(e.Server, e.Client, d.Outcome).Inc()
+		m.StallOutcomes.WithLabelValues(e.Server, client, d.Outcome).Inc()
 	case *correlate.Release:
 		m.StallReleases.WithLabelValues(e.Server, correlate.ReleaseCause).Inc()
 	case *correlate.Race:
-		m.IdleCloseRaces.WithLabelValues(e.Server, e.Client, d.RaceKind).Inc()
+		m.IdleCloseRaces.WithLabelValues(e.Server, client, d.RaceKind).Inc()
 	case *correlate.TLSAlert:
 		m.TLSAlerts.WithLabelValues(e.Server, d.Direction).Inc()
 	case *correlate.Close:
-		m.ConnectionCloses.WithLabelValues(e.Server, e.Client, d.Initiator, d.How).Inc()
+		m.ConnectionCloses.WithLabelValues(e.Server, client, d.Initiator, d.How).Inc()
 	}
 }
 
@@ -106,10 +137,11 @@ func countEvent(m *exporter.Metrics, e correlate.Event) {
 // drift from what the correlator holds, and series of label sets that are
 // gone disappear with them.
 type stateCollector struct {
-	descs exporter.StateDescs
-	mu    *sync.Mutex // guards the correlator
-	corr  *correlate.Correlator
-	now   func() time.Time
+	descs   exporter.StateDescs
+	mu      *sync.Mutex // guards the correlator
+	corr    *correlate.Correlator
+	clients *clientLabels
+	now     func() time.Time
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -127,8 +159,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	// Stalled now: a zero matters to a dashboard while connections are
 	// open, so each server and client with connections has every state.
-	stalled := maps.Clone(st.Stalled)
-	for l := range st.Connections {
+	// Process names without a label of their own add up under other.
+	stalled, conns := c.byLabel(st.Stalled), c.byLabel(st.Connections)
+	for l := range conns {
 		for _, state := range []string{correlate.StateUnacked, correlate.StateAckedSilent, correlate.StateUnread} {
 			stalled[correlate.Labels{Server: l.Server, Client: l.Client, State: state}] += 0
 		}
@@ -136,7 +169,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for l, n := range stalled {
 		gauge(c.descs.Stalled, float64(n), l.Server, l.Client, l.State)
 	}
-	for l, n := range st.Connections {
+	for l, n := range conns {
 		gauge(c.descs.Connections, float64(n), l.Server, l.Client, l.State)
 	}
 	for _, s := range st.Servers {
@@ -150,4 +183,14 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	gauge(c.descs.FlowsTracked, float64(st.Flows))
+}
+
+// byLabel sums counts by the labels they are shown under.
+func (c *stateCollector) byLabel(counts map[correlate.Labels]int) map[correlate.Labels]int {
+	out := make(map[correlate.Labels]int, len(counts))
+	for l, n := range counts {
+		l.Client = c.clients.of(l.Client)
+		out[l] += n
+	}
+	return out
 }

@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/icapwatch/icapwatch/agent/observe"
 )
@@ -53,4 +56,65 @@ func TestStateGaugesFollowTheCorrelator(t *testing.T) {
 	}
 	h.wantMetric("icapwatch_flows_tracked", 0, nil)
 	h.wantMetric("icapwatch_stall_outcomes_total", 1, with("outcome", "client_closed"))
+}
+
+// A process names itself as it likes: past --max-clients names, the
+// client label is other, each such connection counted, while the events
+// keep the real name; a name whose connections are gone gives its label
+// and series up after the linger, and a new name takes the room.
+func TestClientLabelsAreBounded(t *testing.T) {
+	h := newHarnessClients(t, 2, time.Minute)
+	flows := make([]observe.Flow, 5)
+	for i := range flows {
+		flows[i] = observe.Flow{Client: netip.AddrPortFrom(flowA.Client.Addr(), uint16(40100+i)), Server: srvA}
+		h.observe(observe.Observation{Kind: observe.State, Source: observe.SourceKernel, Time: at(float64(i)),
+			Flow: flows[i], OldState: observe.TCPSynSent, NewState: observe.TCPEstablished, PID: uint32(100 + i),
+			Comm: fmt.Sprintf("app%d", i)})
+		h.obs(observe.ExchangeStart, flows[i], 5)
+	}
+	h.sweep(16)
+	client := func(c string) map[string]string { return map[string]string{"client": c} }
+	h.wantMetric("icapwatch_connections", 1, client("app0"))
+	h.wantMetric("icapwatch_connections", 1, client("app1"))
+	h.wantMetric("icapwatch_connections", 3, client(ClientOther))
+	h.wantSeries("icapwatch_connections", 3, nil)
+	h.wantMetric("icapwatch_stalls_total", 3, client(ClientOther))
+	h.wantMetric("icapwatch_client_label_overflows_total", 3, nil)
+	var names []string
+	for _, e := range h.events {
+		names = append(names, e.Client)
+	}
+	if !slices.Contains(names, "app4") || slices.Contains(names, ClientOther) {
+		t.Errorf("events' clients %v: want the process names, app4 among them", names)
+	}
+
+	for _, f := range flows {
+		h.obs(observe.FIN, f, 20)
+		h.observe(observe.Observation{Kind: observe.State, Source: observe.SourceKernel, Time: at(20), Flow: f,
+			OldState: observe.TCPFinWait1, NewState: observe.TCPClose})
+	}
+	h.sweep(30)
+	h.wantMetric("icapwatch_connection_closes_total", 1, client("app0"))
+	retire := func() {
+		inUse := map[string]bool{}
+		for l := range h.c.State(h.now).Connections {
+			inUse[l.Client] = true
+		}
+		h.meter.retire(inUse)
+	}
+	retire() // within the linger: kept
+	h.wantSeries("icapwatch_stalls_total", 1, client("app0"))
+	h.now = at(30 + 60)
+	retire()
+	for _, name := range []string{"icapwatch_stalls_total", "icapwatch_connection_closes_total", "icapwatch_stall_outcomes_total"} {
+		h.wantSeries(name, 0, client("app0"))
+		h.wantSeries(name, 0, client("app1"))
+		h.wantSeries(name, 1, client(ClientOther))
+	}
+
+	next := observe.Flow{Client: netip.AddrPortFrom(flowA.Client.Addr(), 40200), Server: srvA}
+	h.observe(observe.Observation{Kind: observe.State, Source: observe.SourceKernel, Time: at(91), Flow: next,
+		OldState: observe.TCPSynSent, NewState: observe.TCPEstablished, PID: 200, Comm: "app5"})
+	h.wantMetric("icapwatch_connections", 1, client("app5"))
+	h.wantMetric("icapwatch_client_label_overflows_total", 3, nil)
 }

@@ -45,6 +45,7 @@ type Metrics struct {
 	FlowEvictions    prometheus.Counter
 	// of FlowEvictions, flows with an exchange open or an answer unread
 	FlowEvictionsOpenExchange prometheus.Counter
+	ClientOverflows           prometheus.Counter   // connections labelled client="other"
 	KernelFlowEvictions       prometheus.Counter   // estimated from the kernel's counters
 	HookAttached              *prometheus.GaugeVec // hook
 	BuildInfo                 *prometheus.GaugeVec // version, goversion
@@ -146,6 +147,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		FlowEvictionsOpenExchange: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: name("flow_evictions_open_exchange_total"),
 			Help: "Flows dropped to stay within max-flows that had an exchange open or an answer waiting unread, as no flow was idle."}),
+		ClientOverflows: prometheus.NewCounter(prometheus.CounterOpts{Name: name("client_label_overflows_total"),
+			Help: "Connections labelled client=\"other\": max-clients process names had labels of their own."}),
 		KernelFlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("kernel_flow_evictions_total"),
 			Help: "Flows the kernel's flow table (max-flows entries) dropped to make room, estimated from its counters."}),
 		HookAttached: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("kernel_hook_attached"),
@@ -160,7 +163,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.ConnectionCloses, m.Retransmits, m.MeasurementSkew,
 			m.ProbeSuccess, m.ProbePhase, m.ProbeFailures, m.PoolConnections,
 			m.PoolExhausted, m.Events, m.EventsLost, m.EventsLate, m.Source, m.FlowEvictions,
-			m.FlowEvictionsOpenExchange,
+			m.FlowEvictionsOpenExchange, m.ClientOverflows,
 			m.KernelFlowEvictions, m.HookAttached, m.BuildInfo)
 	}
 	return m

@@ -45,6 +45,7 @@ func addAgentFlags(c *kingpin.CmdClause, name string, cfg *agent.DaemonConfig, p
 	flag(c, name, "server-idle-timeout", "The servers' idle timeout until the canary observes the real one.").Default(d.Correlator.ServerIdleTimeout.String()).DurationVar(&cfg.Correlator.ServerIdleTimeout)
 	intVar(flag(c, name, "max-flows", "Flows tracked at most; the quietest are dropped beyond.").Default(strconv.Itoa(d.Correlator.MaxFlows)), &cfg.Correlator.MaxFlows)
 	intVar(flag(c, name, "max-servers", "Distinct server label values at most; the rest are \"other\".").Default(strconv.Itoa(d.Correlator.MaxServers)), &cfg.Correlator.MaxServers)
+	intVar(flag(c, name, "max-clients", "Distinct client label values (process names) at most; the rest are \"other\", counted in icapwatch_client_label_overflows_total.").Default(strconv.Itoa(d.MaxClients)), &cfg.MaxClients)
 	flag(c, name, "canary.target", "ICAP service the canary sends OPTIONS to (repeatable): icaps://host:11344/SERVICE.").StringsVar(&cfg.Canary.Targets)
 	flag(c, name, "canary.interval", "Pause between canary probes.").Default(d.Canary.Interval.String()).DurationVar(&cfg.Canary.Interval)
 	flag(c, name, "canary.ca", "PEM file of CAs the canary trusts instead of the system's.").PlaceHolder("FILE").StringVar(&cfg.Canary.CA)

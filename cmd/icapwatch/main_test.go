@@ -76,6 +76,8 @@ func TestUsageErrorsExit2NamingTheFlag(t *testing.T) {
 		{args: []string{"agent", "--canary.target=http://x/y"}, want: "--canary.target"},
 		{args: []string{"agent", "--events.keep=0"}, want: "--events.keep"},
 		{args: []string{"agent", "--events.keep=100000000"}, want: "--events.keep"},
+		{args: []string{"agent", "--max-clients=0"}, want: "--max-clients"},
+		{args: []string{"agent", "--max-clients=1000000"}, want: "--max-clients"},
 		{args: []string{"agent", "--interfaces=nosuch0"}, want: "--interfaces"},
 		{args: []string{"agent", "--source=sockdiag", "--interfaces=lo,nosuch0"}, want: "--interfaces"},
 		{args: []string{"agent", "--canary.ca=."}, want: "--canary.ca"},
