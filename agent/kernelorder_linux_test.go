@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"net/netip"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -12,31 +11,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/icapwatch/icapwatch/agent/observe"
 	"github.com/icapwatch/icapwatch/bpf"
+	"github.com/icapwatch/icapwatch/bpf/bpftest"
 	"golang.org/x/sys/unix"
 )
-
-// perfPasses gives samples as cilium/ebpf's perf reader gives them with a
-// deadline in the past: in passes over the per-CPU buffers, each buffer's
-// pending samples in turn, and the end of a pass as os.ErrDeadlineExceeded;
-// after the last pass, perf.ErrClosed.
-type perfPasses struct {
-	passes [][]perf.Record
-	pass   int
-	next   int
-}
-
-func (p *perfPasses) ReadInto(rec *perf.Record) error {
-	if p.pass == len(p.passes) {
-		return perf.ErrClosed
-	}
-	if p.next == len(p.passes[p.pass]) {
-		p.pass, p.next = p.pass+1, 0
-		return os.ErrDeadlineExceeded
-	}
-	*rec = p.passes[p.pass][p.next]
-	p.next++
-	return nil
-}
 
 // TestKernelEventsReachCorrelatorInTimeOrder: on the perf buffer, one
 // buffer a CPU, the events of two CPUs come to the reader one CPU's after
@@ -81,7 +58,7 @@ func TestKernelEventsReachCorrelatorInTimeOrder(t *testing.T) {
 			{0, 70, observe.Answer, observe.ToClient, client},
 		},
 	}
-	src := &perfPasses{}
+	src := &bpftest.PerfPasses{}
 	var want []time.Duration
 	for _, pass := range passes {
 		var recs []perf.Record
@@ -89,7 +66,7 @@ func TestKernelEventsReachCorrelatorInTimeOrder(t *testing.T) {
 			recs = append(recs, sample(e))
 			want = append(want, time.Duration(e.ms)*time.Millisecond)
 		}
-		src.passes = append(src.passes, recs)
+		src.Passes = append(src.Passes, recs)
 	}
 	slices.Sort(want)
 

@@ -8,35 +8,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/perf"
+	"github.com/icapwatch/icapwatch/bpf/bpftest"
 )
-
-// perfPasses gives records as cilium/ebpf's perf reader gives them with a
-// deadline in the past: in passes over the per-CPU buffers, a pass ending
-// in os.ErrDeadlineExceeded; after the last, perf.ErrClosed. Each pass
-// begins at its time in starts, which now gives.
-type perfPasses struct {
-	passes [][]perf.Record
-	starts []time.Duration
-	pass   int
-	next   int
-}
-
-// now is the start of the pass the reader is at, or begins next: the
-// test's monotonic clock.
-func (p *perfPasses) now() time.Duration { return p.starts[min(p.pass, len(p.starts)-1)] }
-
-func (p *perfPasses) ReadInto(rec *perf.Record) error {
-	if p.pass == len(p.passes) {
-		return perf.ErrClosed
-	}
-	if p.next == len(p.passes[p.pass]) {
-		p.pass, p.next = p.pass+1, 0
-		return os.ErrDeadlineExceeded
-	}
-	*rec = p.passes[p.pass][p.next]
-	p.next++
-	return nil
-}
 
 func sampleAt(cpu, ms int) perf.Record {
 	return perf.Record{CPU: cpu, RawSample: EncodeEvent(at(ms, 0))}
@@ -44,14 +17,14 @@ func sampleAt(cpu, ms int) perf.Record {
 
 // testPerfReader reads the passes, each starting at its time in ms.
 func testPerfReader(passes [][]perf.Record, starts ...int) *EventReader {
-	src := &perfPasses{passes: passes}
+	src := &bpftest.PerfPasses{Passes: passes}
 	for _, ms := range starts {
-		src.starts = append(src.starts, time.Duration(ms)*time.Millisecond)
+		src.Starts = append(src.Starts, time.Duration(ms)*time.Millisecond)
 	}
 	cfg := DefaultConfig()
 	cfg.Poll = time.Millisecond
 	r := NewPerfEventReader(src, 2, cfg)
-	r.mono = src.now
+	r.mono = src.Now
 	return r
 }
 
@@ -121,12 +94,12 @@ func TestPerfReaderCountsLateAndLost(t *testing.T) {
 func TestPerfReaderDeadline(t *testing.T) {
 	ms := time.Millisecond
 	// At most three passes before the deadline: at 0, 10 and 15 ms.
-	src := &perfPasses{passes: [][]perf.Record{{sampleAt(0, 10)}, {}, {}, {}, {}},
-		starts: []time.Duration{10 * ms, 10 * ms, 10 * ms, 20 * ms, 20 * ms}}
+	src := &bpftest.PerfPasses{Passes: [][]perf.Record{{sampleAt(0, 10)}, {}, {}, {}, {}},
+		Starts: []time.Duration{10 * ms, 10 * ms, 10 * ms, 20 * ms, 20 * ms}}
 	cfg := DefaultConfig()
 	cfg.Poll = 10 * ms
 	r := NewPerfEventReader(src, 1, cfg)
-	r.mono = src.now
+	r.mono = src.Now
 	r.SetDeadline(time.Now().Add(15 * ms))
 	if _, err := r.Read(); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read before the window passed: %v, want the deadline", err)
