@@ -41,18 +41,7 @@ func TestResetProvesCloseNotifyOnLoopback(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			cfg := DefaultConfig()
-			cfg.Interfaces = []string{"lo"}
-			cfg.Ports = []uint16{uint16(ln.Addr().(*net.TCPAddr).Port)}
-			cfg.Kprobes = KprobesOff
-			var p *Probe
-			if err := testutil.InNetNS(pair.Client, func() (err error) {
-				p, err = Open(cfg)
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer testutil.InNetNS(pair.Client, p.Close)
+			p := openOnLoopback(t, pair.Client, ln.Addr().(*net.TCPAddr).Port, DefaultConfig())
 
 			accepted := make(chan net.Conn, 1)
 			go func() {

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
 	"github.com/icapwatch/icapwatch/internal/testutil"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -158,19 +159,8 @@ func TestFlowEvictionsCounted(t *testing.T) {
 	}()
 
 	cfg := DefaultConfig()
-	cfg.Interfaces = []string{"lo"}
-	cfg.Ports = []uint16{uint16(ln.Addr().(*net.TCPAddr).Port)}
 	cfg.MaxFlows = maxFlows
-	cfg.Kprobes = KprobesOff
-	var p *Probe
-	if err := testutil.InNetNS(pair.Client, func() (err error) {
-		p, err = Open(cfg)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	// Netlink teardown must run in the namespace too.
-	defer testutil.InNetNS(pair.Client, p.Close)
+	p := openOnLoopback(t, pair.Client, ln.Addr().(*net.TCPAddr).Port, cfg)
 
 	dialer := testutil.NSDialer{NS: pair.Client}
 	var open []net.Conn
@@ -233,4 +223,21 @@ func TestPermissionErrorsNameCapabilities(t *testing.T) {
 	if err := needs(unix.ENODEV, "CAP_NET_ADMIN"); strings.Contains(err.Error(), "needs") {
 		t.Errorf("%v: not a permission error", err)
 	}
+}
+
+// openOnLoopback opens a probe without kprobes on the loopback of the
+// namespace ns, watching port, and closes it there (netlink teardown
+// must run in the namespace too) when the test ends.
+func openOnLoopback(t *testing.T, ns netns.NsHandle, port int, cfg Config) *Probe {
+	t.Helper()
+	cfg.Interfaces, cfg.Ports, cfg.Kprobes = []string{"lo"}, []uint16{uint16(port)}, KprobesOff
+	var p *Probe
+	if err := testutil.InNetNS(ns, func() (err error) {
+		p, err = Open(cfg)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testutil.InNetNS(ns, p.Close) })
+	return p
 }
