@@ -16,7 +16,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: help
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
 deps: ## Install build and test dependencies (Debian packages, Go modules); scripts/deps.sh demo: only the demo's.
@@ -41,6 +41,12 @@ test: ## Run every test with the race detector (privileged tests need root).
 	$(GO) test -race -count=1 ./...
 	@# Timing against the kernel is checked without the race detector's slowdown.
 	$(GO) test -count=1 -run '^TestAttachVeth$$' ./bpf
+
+KERNELS_CACHE ?= .cache/test-kernels
+
+.PHONY: test-kernels
+test-kernels: ## Run the bpf tests, icapwatch check and the demo on Debian 12's 6.1 kernel under qemu (no TCX: netlink clsact); downloads into KERNELS_CACHE.
+	KERNELS_CACHE=$(KERNELS_CACHE) GO=$(GO) scripts/test-kernels.sh
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s).

@@ -17,10 +17,12 @@ profile=${1:-test}
 # tcpdump, tshark: make fixtures records test captures; make bench times tshark.
 # rpm, systemd: the packaging tests read and install the rpm (the packages
 # themselves are built by nfpm, in Go) and systemd-analyze verifies the units.
+# qemu-system-x86, cpio: make test-kernels boots Debian's 6.1 kernel under
+# qemu (software emulation, no KVM needed) from an initramfs that cpio packs.
 case "$profile" in
 demo) packages=(ca-certificates make) ;;
 test) packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev prometheus
-	tcpdump tshark rpm systemd) ;;
+	tcpdump tshark rpm systemd qemu-system-x86 cpio) ;;
 *)
 	echo "deps: usage: scripts/deps.sh [demo|test]" >&2
 	exit 2
