@@ -15,6 +15,8 @@ profile=${1:-test}
 # builds the eBPF objects with exactly this compiler, so they do not drift.
 # prometheus: promtool checks the exported metrics (and later the rules).
 # tcpdump, tshark: make fixtures records test captures; make bench times tshark.
+# c-icap: a real ICAP server for the end-to-end tests and the capture fixtures
+# (internal/cicap runs private instances; the system's service is not used).
 # rpm, systemd: the packaging tests read and install the rpm (the packages
 # themselves are built by nfpm, in Go) and systemd-analyze verifies the units.
 # qemu-system-x86, cpio: make test-kernels boots Debian's 6.1 kernel under
@@ -22,7 +24,7 @@ profile=${1:-test}
 case "$profile" in
 demo) packages=(ca-certificates make) ;;
 test) packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev prometheus
-	tcpdump tshark rpm systemd qemu-system-x86 cpio) ;;
+	tcpdump tshark c-icap rpm systemd qemu-system-x86 cpio) ;;
 *)
 	echo "deps: usage: scripts/deps.sh [demo|test]" >&2
 	exit 2
