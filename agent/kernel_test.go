@@ -29,7 +29,7 @@ func TestKernelEnumsMatchObserve(t *testing.T) {
 			"EV_FIN": uint64(observe.FIN), "EV_RST": uint64(observe.RST),
 			"EV_RETRANSMIT": uint64(observe.Retransmit), "EV_STATE": uint64(observe.State),
 			"EV_TCP_RETRANSMIT": uint64(observe.TCPRetransmit), "EV_APP_WRITE": uint64(observe.AppWrite),
-			"EV_APP_READ": uint64(observe.AppRead),
+			"EV_APP_READ": uint64(observe.AppRead), "EV_APP_WRITE_FAILED": uint64(observe.AppWriteFailed),
 		},
 		"event_flag": {
 			"EVF_PROBABLE": uint64(observe.Probable), "EVF_OPEN_EXCHANGE": uint64(observe.OpenExchange),

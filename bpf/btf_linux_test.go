@@ -33,7 +33,7 @@ func kernelSpec(t *testing.T, lacking ...string) *btf.Spec {
 		regs = strct("pt_regs", "regs")
 	}
 	b, err := btf.NewBuilder([]btf.Type{regs, strct("sock_common", "skc_daddr", "skc_rcv_saddr", "skc_dport",
-		"skc_num", "skc_family", "skc_v6_daddr", "skc_v6_rcv_saddr")}, nil)
+		"skc_num", "skc_family", "skc_v6_daddr", "skc_v6_rcv_saddr", "skc_state")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

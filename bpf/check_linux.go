@@ -122,6 +122,7 @@ func (r *Report) checkPrograms(cfg Config) {
 		{specs.IcapwatchEgress, HookTCEgress},
 		{specs.IcapwatchState, HookSetState},
 		{specs.IcapwatchRetransmit, HookRetransmitSKB},
+		{specs.IcapwatchSendLength, HookSendLength},
 		{specs.IcapwatchSendmsg, HookSendmsg},
 		{specs.IcapwatchCleanupRbuf, HookCleanupRbuf},
 	} {
@@ -144,7 +145,7 @@ func (r *Report) checkPrograms(cfg Config) {
 			}
 		}
 		hook := hooks[name]
-		optional := spec.Programs[name].Type == ebpf.Kprobe
+		optional := spec.Programs[name].Type == ebpf.Kprobe || name == specs.IcapwatchSendLength.Name
 		coll, err := ebpf.NewCollection(one)
 		if err != nil {
 			r.add("load "+hook, false, optional, fmt.Sprintf("program %s: %v", name, needs(err, capsLoad)))

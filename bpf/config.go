@@ -111,6 +111,7 @@ const (
 	HookTCEgress      = "tc_egress"
 	HookSetState      = "tracepoint/sock/inet_sock_set_state"
 	HookRetransmitSKB = "tracepoint/tcp/tcp_retransmit_skb"
+	HookSendLength    = "tracepoint/sock/sock_send_length" // optional: 6.x kernels
 	HookSendmsg       = "kprobe/tcp_sendmsg"
 	HookCleanupRbuf   = "kprobe/tcp_cleanup_rbuf"
 )

@@ -32,6 +32,7 @@ const (
 const (
 	tcpEstablished = 1
 	tcpSynSent     = 2
+	tcpClose       = 7
 )
 
 func TestDecodeEvent(t *testing.T) {

@@ -3,8 +3,9 @@
 
 /*
  * icapwatch kernel side: a TC classifier that turns the packets of watched
- * TCP ports into exchange-boundary events, two TCP tracepoints and two
- * optional kprobes.
+ * TCP ports into exchange-boundary events, two TCP tracepoints, and where
+ * the kernel has them an optional tracepoint (sock:sock_send_length) and
+ * two optional kprobes.
  *
  * The baseline must load on upstream 4.18: helpers up to 80, no loops, no
  * global data, no bpf-to-bpf calls (everything is inlined), map types
@@ -151,6 +152,28 @@ struct {
 	__type(key, __u64);
 	__type(value, struct owner);
 } owners SEC(".maps");
+
+/*
+ * A watched socket's flow and its last two TCP states, by socket address.
+ * Unlike owners it outlives CLOSE: a socket the server reset is in CLOSE
+ * when its application writes on it next, and that failed write (which
+ * sends nothing) names only the socket. The LRU bounds it; a socket
+ * address reused by a new connection is told anew at its SYN_SENT.
+ */
+struct sock_info {
+	struct flow_key key;
+	__u8 dir;   /* the way this socket sends */
+	__u8 state; /* its TCP state */
+	__u8 prev;  /* the state before */
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct sock_info);
+} sockets SEC(".maps");
 
 /* Scratch space for one event and one new flow: the stack is small. */
 struct scratch {
@@ -871,6 +894,7 @@ int icapwatch_state(void *ctx)
 	struct config *cfg = bpf_map_lookup_elem(&config_map, &zero);
 	struct scratch *sc = get_scratch();
 	struct owner own = {}, *known;
+	struct sock_info si = {};
 	struct flow_key key = {};
 	__u8 protocol = 0;
 	struct event *ev;
@@ -908,6 +932,11 @@ int icapwatch_state(void *ctx)
 	 */
 	if (ev->client_port == 0)
 		return 0;
+	event_key(ev, &si.key);
+	si.dir = ev->dir;
+	si.state = ev->new_state;
+	si.prev = ev->old_state;
+	bpf_map_update_elem(&sockets, &ev->skaddr, &si, BPF_ANY);
 	if (ev->new_state == TCP_CLOSE) {
 		event_key(ev, &key);
 		/*
@@ -970,6 +999,23 @@ static __always_inline int app_event(void *ctx, __u8 type)
 		   type == EV_APP_WRITE ? cfg->kp_arg3 : cfg->kp_arg2);
 	if (type == EV_APP_READ && (__s32)size <= 0)
 		return 0;
+	if (type == EV_APP_WRITE) {
+		__u8 state = 0;
+
+		/*
+		 * A write on a socket in CLOSE fails before it sends anything
+		 * (tcp_sendmsg_locked: the error the reset left, or EPIPE).
+		 * sock:sock_send_length reports it with its result where the
+		 * loader attached it.
+		 */
+		read_field(&state, 1, (void *)sk, cfg->sk_state);
+		if (state == TCP_CLOSE) {
+			if (cfg->sl_ret != OFF_NONE)
+				return 0;
+			type = EV_APP_WRITE_FAILED;
+			size = 0;
+		}
+	}
 	read_field(&family, 2, (void *)sk, cfg->sk_family);
 	if (family == AF_INET) {
 		read_field(laddr, 4, (void *)sk, cfg->sk_rcv_saddr);
@@ -989,6 +1035,13 @@ static __always_inline int app_event(void *ctx, __u8 type)
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->skaddr = sk;
 	ev->len = (__u32)size;
+	if (type == EV_APP_WRITE_FAILED) {
+		struct sock_info *si = bpf_map_lookup_elem(&sockets, &sk);
+
+		ev->new_state = TCP_CLOSE;
+		if (si)
+			ev->old_state = si->prev;
+	}
 	current_task(ev);
 	emit(ctx, ev);
 	return 0;
@@ -1004,4 +1057,59 @@ SEC("kprobe/tcp_cleanup_rbuf")
 int icapwatch_cleanup_rbuf(void *ctx)
 {
 	return app_event(ctx, EV_APP_READ);
+}
+
+/*
+ * Optional tracepoint sock:sock_send_length (6.x): the result of every
+ * send on a socket. Only failures on a watched socket in CLOSE are
+ * reported: the socket is known by its address from the state
+ * tracepoint, as this one gives no tuple.
+ */
+SEC("tracepoint/sock/sock_send_length")
+int icapwatch_send_length(void *ctx)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config_map, &zero);
+	struct scratch *sc;
+	struct sock_info *si;
+	struct event *ev;
+	__u16 protocol = 0;
+	__u64 sk = 0;
+	__s32 ret = 0;
+
+	if (!cfg || cfg->sl_ret == OFF_NONE)
+		return 0;
+	read_field(&ret, 4, ctx, cfg->sl_ret);
+	if (ret >= 0)
+		return 0;
+	read_field(&protocol, 2, ctx, cfg->sl_protocol);
+	if (protocol != IPPROTO_TCP)
+		return 0;
+	read_field(&sk, 8, ctx, cfg->sl_sk);
+	si = bpf_map_lookup_elem(&sockets, &sk);
+	if (!si || si->state != TCP_CLOSE)
+		return 0;
+	sc = get_scratch();
+	if (!sc)
+		return 0;
+	ev = &sc->ev;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	__builtin_memcpy(ev->client, si->key.client, 16);
+	__builtin_memcpy(ev->server, si->key.server, 16);
+	ev->client_port = si->key.client_port;
+	ev->server_port = si->key.server_port;
+	ev->family = si->key.family;
+	ev->dir = si->dir;
+	ev->old_state = si->prev;
+	ev->new_state = si->state;
+	count(CNT_TRACEPOINT);
+	ev->type = EV_APP_WRITE_FAILED;
+	ev->hook = HOOK_TRACEPOINT;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->skaddr = sk;
+	ev->len = (__u32)-ret;
+	/* A send runs in the writer's context. */
+	current_task(ev);
+	emit(ctx, ev);
+	return 0;
 }

@@ -22,6 +22,14 @@ enum event_type {
 	EV_TCP_RETRANSMIT = 9, /* tcp:tcp_retransmit_skb on a watched port */
 	EV_APP_WRITE = 10,     /* kprobe tcp_sendmsg */
 	EV_APP_READ = 11,      /* kprobe tcp_cleanup_rbuf */
+	/*
+	 * The application's write failed on a socket in CLOSE (reset, or gone
+	 * after its FINs): nothing reaches the wire. From sock:sock_send_length
+	 * (ret < 0, len holds the errno), else the kprobe tcp_sendmsg at entry
+	 * (len 0). old_state is the socket's state before CLOSE where known.
+	 * 12 to 16 are user-space kinds of agent/observe.
+	 */
+	EV_APP_WRITE_FAILED = 17,
 };
 
 /* Bits of event.flags. */
@@ -132,6 +140,10 @@ struct config {
 	__u16 ss_newstate;
 	__u16 ss_protocol;
 	struct tuple_offsets rt; /* tcp:tcp_retransmit_skb */
+	/* sock:sock_send_length (6.x), optional: OFF_NONE where it is missing */
+	__u16 sl_sk;
+	__u16 sl_protocol;
+	__u16 sl_ret;
 	/* kprobes: the first three arguments in struct pt_regs */
 	__u16 kp_arg1;
 	__u16 kp_arg2;
@@ -144,6 +156,7 @@ struct config {
 	__u16 sk_family;
 	__u16 sk_v6_daddr;
 	__u16 sk_v6_rcv_saddr;
+	__u16 sk_state;
 };
 
 #endif

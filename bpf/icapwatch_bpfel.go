@@ -20,6 +20,9 @@ type icapwatchConfig struct {
 	SsNewstate   uint16
 	SsProtocol   uint16
 	Rt           icapwatchTupleOffsets
+	SlSk         uint16
+	SlProtocol   uint16
+	SlRet        uint16
 	KpArg1       uint16
 	KpArg2       uint16
 	KpArg3       uint16
@@ -30,6 +33,7 @@ type icapwatchConfig struct {
 	SkFamily     uint16
 	SkV6Daddr    uint16
 	SkV6RcvSaddr uint16
+	SkState      uint16
 }
 
 type icapwatchCounter uint32
@@ -99,17 +103,18 @@ const (
 type icapwatchEventType uint32
 
 const (
-	icapwatchEventTypeEV_EXCHANGE_START icapwatchEventType = 1
-	icapwatchEventTypeEV_ACKED          icapwatchEventType = 2
-	icapwatchEventTypeEV_ANSWER         icapwatchEventType = 3
-	icapwatchEventTypeEV_TLS_ALERT      icapwatchEventType = 4
-	icapwatchEventTypeEV_FIN            icapwatchEventType = 5
-	icapwatchEventTypeEV_RST            icapwatchEventType = 6
-	icapwatchEventTypeEV_RETRANSMIT     icapwatchEventType = 7
-	icapwatchEventTypeEV_STATE          icapwatchEventType = 8
-	icapwatchEventTypeEV_TCP_RETRANSMIT icapwatchEventType = 9
-	icapwatchEventTypeEV_APP_WRITE      icapwatchEventType = 10
-	icapwatchEventTypeEV_APP_READ       icapwatchEventType = 11
+	icapwatchEventTypeEV_EXCHANGE_START   icapwatchEventType = 1
+	icapwatchEventTypeEV_ACKED            icapwatchEventType = 2
+	icapwatchEventTypeEV_ANSWER           icapwatchEventType = 3
+	icapwatchEventTypeEV_TLS_ALERT        icapwatchEventType = 4
+	icapwatchEventTypeEV_FIN              icapwatchEventType = 5
+	icapwatchEventTypeEV_RST              icapwatchEventType = 6
+	icapwatchEventTypeEV_RETRANSMIT       icapwatchEventType = 7
+	icapwatchEventTypeEV_STATE            icapwatchEventType = 8
+	icapwatchEventTypeEV_TCP_RETRANSMIT   icapwatchEventType = 9
+	icapwatchEventTypeEV_APP_WRITE        icapwatchEventType = 10
+	icapwatchEventTypeEV_APP_READ         icapwatchEventType = 11
+	icapwatchEventTypeEV_APP_WRITE_FAILED icapwatchEventType = 17
 )
 
 type icapwatchExportedTypes struct {
@@ -184,6 +189,15 @@ type icapwatchScratch struct {
 	Fl icapwatchFlow
 }
 
+type icapwatchSockInfo struct {
+	_     structs.HostLayout
+	Key   icapwatchFlowKey
+	Dir   uint8
+	State uint8
+	Prev  uint8
+	Pad   uint8
+}
+
 type icapwatchTupleOffsets struct {
 	_       structs.HostLayout
 	Skaddr  uint16
@@ -208,10 +222,12 @@ const (
 	icapwatchMapOwners                = "owners"
 	icapwatchMapPorts                 = "ports"
 	icapwatchMapScratch               = "scratch"
+	icapwatchMapSockets               = "sockets"
 	icapwatchProgIcapwatchCleanupRbuf = "icapwatch_cleanup_rbuf"
 	icapwatchProgIcapwatchEgress      = "icapwatch_egress"
 	icapwatchProgIcapwatchIngress     = "icapwatch_ingress"
 	icapwatchProgIcapwatchRetransmit  = "icapwatch_retransmit"
+	icapwatchProgIcapwatchSendLength  = "icapwatch_send_length"
 	icapwatchProgIcapwatchSendmsg     = "icapwatch_sendmsg"
 	icapwatchProgIcapwatchState       = "icapwatch_state"
 )
@@ -262,6 +278,7 @@ type icapwatchProgramSpecs struct {
 	IcapwatchEgress      *ebpf.ProgramSpec `ebpf:"icapwatch_egress"`
 	IcapwatchIngress     *ebpf.ProgramSpec `ebpf:"icapwatch_ingress"`
 	IcapwatchRetransmit  *ebpf.ProgramSpec `ebpf:"icapwatch_retransmit"`
+	IcapwatchSendLength  *ebpf.ProgramSpec `ebpf:"icapwatch_send_length"`
 	IcapwatchSendmsg     *ebpf.ProgramSpec `ebpf:"icapwatch_sendmsg"`
 	IcapwatchState       *ebpf.ProgramSpec `ebpf:"icapwatch_state"`
 }
@@ -278,6 +295,7 @@ type icapwatchMapSpecs struct {
 	Owners        *ebpf.MapSpec `ebpf:"owners"`
 	Ports         *ebpf.MapSpec `ebpf:"ports"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	Sockets       *ebpf.MapSpec `ebpf:"sockets"`
 }
 
 // icapwatchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -314,6 +332,7 @@ type icapwatchMaps struct {
 	Owners        *ebpf.Map `ebpf:"owners"`
 	Ports         *ebpf.Map `ebpf:"ports"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
+	Sockets       *ebpf.Map `ebpf:"sockets"`
 }
 
 func (m *icapwatchMaps) Close() error {
@@ -326,6 +345,7 @@ func (m *icapwatchMaps) Close() error {
 		m.Owners,
 		m.Ports,
 		m.Scratch,
+		m.Sockets,
 	)
 }
 
@@ -343,6 +363,7 @@ type icapwatchPrograms struct {
 	IcapwatchEgress      *ebpf.Program `ebpf:"icapwatch_egress"`
 	IcapwatchIngress     *ebpf.Program `ebpf:"icapwatch_ingress"`
 	IcapwatchRetransmit  *ebpf.Program `ebpf:"icapwatch_retransmit"`
+	IcapwatchSendLength  *ebpf.Program `ebpf:"icapwatch_send_length"`
 	IcapwatchSendmsg     *ebpf.Program `ebpf:"icapwatch_sendmsg"`
 	IcapwatchState       *ebpf.Program `ebpf:"icapwatch_state"`
 }
@@ -353,6 +374,7 @@ func (p *icapwatchPrograms) Close() error {
 		p.IcapwatchEgress,
 		p.IcapwatchIngress,
 		p.IcapwatchRetransmit,
+		p.IcapwatchSendLength,
 		p.IcapwatchSendmsg,
 		p.IcapwatchState,
 	)

@@ -24,10 +24,12 @@ const (
 	icapwatchRingbufMapOwners                = "owners"
 	icapwatchRingbufMapPorts                 = "ports"
 	icapwatchRingbufMapScratch               = "scratch"
+	icapwatchRingbufMapSockets               = "sockets"
 	icapwatchRingbufProgIcapwatchCleanupRbuf = "icapwatch_cleanup_rbuf"
 	icapwatchRingbufProgIcapwatchEgress      = "icapwatch_egress"
 	icapwatchRingbufProgIcapwatchIngress     = "icapwatch_ingress"
 	icapwatchRingbufProgIcapwatchRetransmit  = "icapwatch_retransmit"
+	icapwatchRingbufProgIcapwatchSendLength  = "icapwatch_send_length"
 	icapwatchRingbufProgIcapwatchSendmsg     = "icapwatch_sendmsg"
 	icapwatchRingbufProgIcapwatchState       = "icapwatch_state"
 )
@@ -78,6 +80,7 @@ type icapwatchRingbufProgramSpecs struct {
 	IcapwatchEgress      *ebpf.ProgramSpec `ebpf:"icapwatch_egress"`
 	IcapwatchIngress     *ebpf.ProgramSpec `ebpf:"icapwatch_ingress"`
 	IcapwatchRetransmit  *ebpf.ProgramSpec `ebpf:"icapwatch_retransmit"`
+	IcapwatchSendLength  *ebpf.ProgramSpec `ebpf:"icapwatch_send_length"`
 	IcapwatchSendmsg     *ebpf.ProgramSpec `ebpf:"icapwatch_sendmsg"`
 	IcapwatchState       *ebpf.ProgramSpec `ebpf:"icapwatch_state"`
 }
@@ -94,6 +97,7 @@ type icapwatchRingbufMapSpecs struct {
 	Owners        *ebpf.MapSpec `ebpf:"owners"`
 	Ports         *ebpf.MapSpec `ebpf:"ports"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	Sockets       *ebpf.MapSpec `ebpf:"sockets"`
 }
 
 // icapwatchRingbufVariableSpecs contains global variables before they are loaded into the kernel.
@@ -130,6 +134,7 @@ type icapwatchRingbufMaps struct {
 	Owners        *ebpf.Map `ebpf:"owners"`
 	Ports         *ebpf.Map `ebpf:"ports"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
+	Sockets       *ebpf.Map `ebpf:"sockets"`
 }
 
 func (m *icapwatchRingbufMaps) Close() error {
@@ -142,6 +147,7 @@ func (m *icapwatchRingbufMaps) Close() error {
 		m.Owners,
 		m.Ports,
 		m.Scratch,
+		m.Sockets,
 	)
 }
 
@@ -159,6 +165,7 @@ type icapwatchRingbufPrograms struct {
 	IcapwatchEgress      *ebpf.Program `ebpf:"icapwatch_egress"`
 	IcapwatchIngress     *ebpf.Program `ebpf:"icapwatch_ingress"`
 	IcapwatchRetransmit  *ebpf.Program `ebpf:"icapwatch_retransmit"`
+	IcapwatchSendLength  *ebpf.Program `ebpf:"icapwatch_send_length"`
 	IcapwatchSendmsg     *ebpf.Program `ebpf:"icapwatch_sendmsg"`
 	IcapwatchState       *ebpf.Program `ebpf:"icapwatch_state"`
 }
@@ -169,6 +176,7 @@ func (p *icapwatchRingbufPrograms) Close() error {
 		p.IcapwatchEgress,
 		p.IcapwatchIngress,
 		p.IcapwatchRetransmit,
+		p.IcapwatchSendLength,
 		p.IcapwatchSendmsg,
 		p.IcapwatchState,
 	)

@@ -59,9 +59,13 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 		return nil, err
 	}
 	p.tracefs = tfs // until attached, or closed
-	settings, err := tracepointSettings(tfs.root)
+	settings, missing, err := tracepointSettings(tfs.root)
 	if err != nil {
 		return nil, err
+	}
+	sendLength := haveSendLength(&settings)
+	if why, ok := missing[HookSendLength]; ok {
+		p.addHook(HookStatus{Name: HookSendLength, Optional: true, Error: why})
 	}
 	kprobes := cfg.Kprobes != KprobesOff
 	if kprobes && !opts.verifyKprobes {
@@ -82,25 +86,30 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 		}
 	}
 	// What to try, best first: an optional program or the ring buffer
-	// that the kernel refuses costs the upgrade, not the agent.
+	// that the kernel refuses costs the upgrade, not the agent. The
+	// kprobes go first, then the optional tracepoint.
 	type attempt struct {
-		output  string
-		kprobes bool
+		output              string
+		kprobes, sendLength bool
 	}
-	attempts := []attempt{{output, kprobes}}
-	if kprobes {
-		attempts = append(attempts, attempt{output, false})
-	}
+	outputs := []string{output}
 	if output == OutputRing && cfg.Output == ModeAuto {
-		attempts = append(attempts, attempt{OutputPerf, kprobes})
+		outputs = append(outputs, OutputPerf)
+	}
+	var attempts []attempt
+	for _, out := range outputs {
+		attempts = append(attempts, attempt{out, kprobes, sendLength})
 		if kprobes {
-			attempts = append(attempts, attempt{OutputPerf, false})
+			attempts = append(attempts, attempt{out, false, sendLength})
+		}
+		if sendLength {
+			attempts = append(attempts, attempt{out, false, false})
 		}
 	}
-	var kprobeErr, ringErr error // the last of each variant's
+	var kprobeErr, sendLengthErr, ringErr error // the last of each variant's
 	for _, try := range attempts {
 		p.output = try.output
-		p.objs, err = loadObjects(cfg, try.output, try.kprobes, opts.edit)
+		p.objs, err = loadObjects(cfg, try.output, try.kprobes, try.sendLength, opts.edit)
 		if err == nil {
 			if try.kprobes != kprobes && kprobeErr != nil {
 				kprobes = false
@@ -109,14 +118,23 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 				p.addHook(HookStatus{Name: HookCleanupRbuf, Optional: true, Error: why})
 				log.Warn("optional kprobe programs did not load; running without them", "error", kprobeErr)
 			}
+			if try.sendLength != sendLength && sendLengthErr != nil {
+				sendLength = false
+				p.addHook(HookStatus{Name: HookSendLength, Optional: true, Error: "not loaded: " + sendLengthErr.Error()})
+				log.Warn("optional tracepoint program did not load; running without it",
+					"tracepoint", "sock:sock_send_length", "error", sendLengthErr)
+			}
 			if try.output != output {
 				log.Warn("the ring buffer object did not load; events go through the perf buffer",
 					"error", ringErr)
 			}
 			break
 		}
-		if try.kprobes {
+		switch {
+		case try.kprobes:
 			kprobeErr = err
+		case try.sendLength:
+			sendLengthErr = err
 		}
 		if try.output == OutputRing {
 			ringErr = err
@@ -127,6 +145,11 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 		return nil, loadError(err, memlockErr)
 	}
 	p.kprobes = kprobes
+	if !sendLength {
+		// The kprobe reports failed writes instead (icapwatch.c).
+		settings.SlSk, settings.SlProtocol, settings.SlRet = offNone, offNone, offNone
+	}
+	p.settings = settings
 	if err := p.configure(cfg, settings); err != nil {
 		return nil, err
 	}
@@ -150,10 +173,10 @@ type objects struct {
 // their ebpf tags. LoadAndAssign into bpf2go's icapwatchObjects would be
 // shorter, but it loads every object the struct names and fails on one the
 // spec lacks, and a load leaves some out: exported_types always (it only
-// carries the enum types into the BTF), the kprobe programs when it runs
-// without them. Taking what is there keeps one struct for every load, with
+// carries the enum types into the BTF), the kprobe programs and the
+// sock:sock_send_length one when it runs without them. Taking what is there keeps one struct for every load, with
 // nil where the load left something out.
-func loadObjects(cfg Config, output string, kprobes bool, edit func(*ebpf.CollectionSpec, *icapwatchSpecs)) (*objects, error) {
+func loadObjects(cfg Config, output string, kprobes, sendLength bool, edit func(*ebpf.CollectionSpec, *icapwatchSpecs)) (*objects, error) {
 	spec, specs, err := loadSpec(output)
 	if err != nil {
 		return nil, err
@@ -168,6 +191,9 @@ func loadObjects(cfg Config, output string, kprobes bool, edit func(*ebpf.Collec
 				delete(spec.Programs, name)
 			}
 		}
+	}
+	if !sendLength {
+		delete(spec.Programs, specs.IcapwatchSendLength.Name)
 	}
 	if edit != nil {
 		edit(spec, specs)

@@ -30,9 +30,11 @@ func ensureTracefs() (root string, mounted bool, err error) {
 	return root, true, nil
 }
 
-// tracepointSettings takes the tracepoint field offsets from tracefs.
-func tracepointSettings(root string) (icapwatchConfig, error) {
-	var c icapwatchConfig
+// tracepointSettings takes the tracepoint field offsets from tracefs. An
+// optional tracepoint this kernel does not have (sock:sock_send_length
+// came in 6.x), or whose fields are not as expected, leaves its offsets at
+// offNone (haveSendLength says so), and missing says why, by hook name.
+func tracepointSettings(root string) (c icapwatchConfig, missing map[string]string, err error) {
 	type want struct {
 		name     string
 		dst      *uint16
@@ -51,38 +53,68 @@ func tracepointSettings(root string) (icapwatchConfig, error) {
 			{"daddr_v6", &o.DaddrV6, []int{16}, false},
 		}
 	}
-	for _, tp := range []struct {
-		system, event string
-		fields        []want
-	}{
-		{"sock", "inet_sock_set_state", append(tuple(&c.Ss, false),
-			want{"oldstate", &c.SsOldstate, []int{4}, false},
-			want{"newstate", &c.SsNewstate, []int{4}, false},
-			want{"protocol", &c.SsProtocol, []int{1, 2}, false})},
-		{"tcp", "tcp_retransmit_skb", tuple(&c.Rt, true)},
-	} {
-		format, err := ReadFormat(root, tp.system, tp.event)
+	read := func(system, event string, fields []want) error {
+		format, err := ReadFormat(root, system, event)
 		if err != nil {
-			return c, fmt.Errorf("tracepoint %s/%s: %w", tp.system, tp.event, err)
+			return err
 		}
-		for _, w := range tp.fields {
+		for _, w := range fields {
 			*w.dst = offNone
 			f, err := format.Field(w.name)
 			if err != nil {
 				if w.optional {
 					continue
 				}
-				return c, fmt.Errorf("tracepoint %s/%s: %w", tp.system, tp.event, err)
+				return err
 			}
 			if !containsInt(w.sizes, f.Size) || f.Offset < 0 || f.Offset+f.Size > 0xfffe {
-				return c, fmt.Errorf("tracepoint %s/%s: field %s has size %d at offset %d, want size %v",
-					tp.system, tp.event, w.name, f.Size, f.Offset, w.sizes)
+				return fmt.Errorf("field %s has size %d at offset %d, want size %v",
+					w.name, f.Size, f.Offset, w.sizes)
 			}
 			*w.dst = uint16(f.Offset)
 		}
+		return nil
 	}
-	return c, nil
+	for _, tp := range []struct {
+		hook          string
+		system, event string
+		fields        []want
+		optional      bool
+	}{
+		{HookSetState, "sock", "inet_sock_set_state", append(tuple(&c.Ss, false),
+			want{"oldstate", &c.SsOldstate, []int{4}, false},
+			want{"newstate", &c.SsNewstate, []int{4}, false},
+			want{"protocol", &c.SsProtocol, []int{1, 2}, false}), false},
+		{HookRetransmitSKB, "tcp", "tcp_retransmit_skb", tuple(&c.Rt, true), false},
+		{HookSendLength, "sock", "sock_send_length", []want{
+			{"sk", &c.SlSk, []int{8}, false},
+			{"protocol", &c.SlProtocol, []int{2}, false},
+			{"ret", &c.SlRet, []int{4}, false}}, true},
+	} {
+		err := read(tp.system, tp.event, tp.fields)
+		switch {
+		case err == nil:
+		case tp.optional:
+			for _, w := range tp.fields {
+				*w.dst = offNone
+			}
+			if missing == nil {
+				missing = map[string]string{}
+			}
+			if errors.Is(err, fs.ErrNotExist) {
+				missing[tp.hook] = "this kernel has no tracepoint " + tp.system + ":" + tp.event
+			} else {
+				missing[tp.hook] = err.Error()
+			}
+		default:
+			return c, nil, fmt.Errorf("tracepoint %s/%s: %w", tp.system, tp.event, err)
+		}
+	}
+	return c, missing, nil
 }
+
+// haveSendLength says whether settings hold sock:sock_send_length's offsets.
+func haveSendLength(c *icapwatchConfig) bool { return c.SlRet != offNone }
 
 const offNone = 0xffff
 
@@ -129,7 +161,7 @@ func kprobeOffsets(spec *btf.Spec, c *icapwatchConfig) error {
 	}{
 		{"skc_daddr", &c.SkDaddr}, {"skc_rcv_saddr", &c.SkRcvSaddr}, {"skc_dport", &c.SkDport},
 		{"skc_num", &c.SkNum}, {"skc_family", &c.SkFamily}, {"skc_v6_daddr", &c.SkV6Daddr},
-		{"skc_v6_rcv_saddr", &c.SkV6RcvSaddr},
+		{"skc_v6_rcv_saddr", &c.SkV6RcvSaddr}, {"skc_state", &c.SkState},
 	} {
 		off, err := memberOffset(spec, "sock_common", f.name)
 		if err != nil {

@@ -27,6 +27,10 @@ type Probe struct {
 	output  string
 	tracefs *tracefsUse // from Load until attached or closed
 
+	// settings are what the config map holds: attach changes them when
+	// the optional tracepoint does not attach.
+	settings icapwatchConfig
+
 	// statsMu guards the flow counting's state.
 	statsMu   sync.Mutex
 	noBatch   bool // the kernel has no BPF_MAP_LOOKUP_BATCH
@@ -76,6 +80,7 @@ func (p *Probe) attach(cfg Config) error {
 		p.links = append(p.links, l)
 		p.addHook(HookStatus{Name: tp.hook, Attached: true, Mode: "perf_event"})
 	}
+	p.attachSendLength()
 	if !p.kprobes {
 		return nil
 	}
@@ -97,6 +102,30 @@ func (p *Probe) attach(cfg Config) error {
 		p.addHook(st)
 	}
 	return nil
+}
+
+// attachSendLength attaches the optional sock:sock_send_length program,
+// where it loaded. Where it does not attach, the tcp_sendmsg kprobe
+// reports the failed writes instead: the settings say so.
+func (p *Probe) attachSendLength() {
+	if p.objs.IcapwatchSendLength == nil {
+		return // not loaded: Load said why
+	}
+	st := HookStatus{Name: HookSendLength, Optional: true, Mode: "perf_event"}
+	l, err := link.Tracepoint("sock", "sock_send_length", p.objs.IcapwatchSendLength, nil)
+	if err == nil {
+		st.Attached = true
+		p.links = append(p.links, l)
+		p.addHook(st)
+		return
+	}
+	st.Error = tracepointError(err).Error()
+	p.log.Info("optional tracepoint not attached", "tracepoint", "sock:sock_send_length", "error", err)
+	p.addHook(st)
+	p.settings.SlSk, p.settings.SlProtocol, p.settings.SlRet = offNone, offNone, offNone
+	if err := p.objs.ConfigMap.Put(uint32(0), p.settings); err != nil {
+		p.log.Warn("settings map not updated: failed writes go unreported", "error", err)
+	}
 }
 
 // RunClassifier runs one Ethernet frame through the TC program of the

@@ -208,7 +208,9 @@ const (
 	// and the FINs its first state implied (flagFinClient, flagFinServer)
 	// are not closes of now.
 	flagSeeded
-	flagBusy // in the ring of busy flows
+	flagBusy       // in the ring of busy flows
+	flagServerRST  // the server's first FIN or RST was a reset
+	flagReuseRaced // a reuse_after_server_close race was reported: once per flow
 )
 
 // is says whether every flag of fl is set.
@@ -313,6 +315,13 @@ type Correlator struct {
 	buried map[observe.Flow]int32
 	graves []grave
 	grave  int // the next place in graves
+	// pooled remembers the connections the server closed while they sat
+	// idle, by their place in dead, a ring that bounds them: an
+	// application that writes on one later, perhaps minutes later, races
+	// the server's close though nothing reaches the wire.
+	pooled   map[observe.Flow]int32
+	dead     []deadFlow
+	nextDead int // the next place in dead
 	// due is a min-heap of the open exchanges not stalled yet, by start:
 	// the next to cross the stall threshold is due[0]. Each entry holds
 	// its start, so that the heap's comparisons stay in the slice.
@@ -341,7 +350,8 @@ func New(cfg Config, m Meter, emit func(Event)) (*Correlator, error) {
 	}
 	c := &Correlator{cfg: cfg, m: m, emit: emit, flows: map[observe.Flow]*flow{},
 		servers: map[netip.AddrPort]*server{}, other: &server{label: ServerOther},
-		canary: map[netip.AddrPort]bool{}, loc: time.Local, buried: map[observe.Flow]int32{}}
+		canary: map[netip.AddrPort]bool{}, loc: time.Local, buried: map[observe.Flow]int32{},
+		pooled: map[observe.Flow]int32{}}
 	c.idle.prev, c.idle.next = &c.idle, &c.idle
 	c.busy.prev, c.busy.next = &c.busy, &c.busy
 	c.busy.flags = flagBusy
@@ -546,6 +556,9 @@ func (c *Correlator) find(o *observe.Observation, now instant) *flow {
 	if o.Kind == observe.State && o.NewState == observe.TCPClose {
 		return nil
 	}
+	if opens(o) {
+		c.forgetDead(o.Flow) // a new connection on the addresses
+	}
 	if c.isBuried(o.Flow, now) {
 		if !opens(o) {
 			if o.Source == observe.SourceSockDiag {
@@ -591,6 +604,9 @@ func (c *Correlator) drop(f *flow, now instant) {
 	if f.is(flagClosed) || f.is(flagHaveState) && closing(f.tcpState) {
 		c.bury(f.key, now)
 	}
+	if d, ok := c.deadOf(f); ok {
+		c.rememberDead(d)
+	}
 	delete(c.flows, f.key)
 	delete(c.canary, f.key.Client)
 	f.prev.next, f.next.prev = f.next, f.prev
@@ -616,6 +632,7 @@ func (c *Correlator) Observe(o observe.Observation) {
 		// the kernel never shows the connection (a failed handshake).
 		c.canary[o.Flow.Client] = true
 		delete(c.buried, o.Flow) // a new connection
+		c.forgetDead(o.Flow)
 		c.relabel(c.lookup(o.Flow, now), ClientCanary)
 		return
 	case observe.ServerOptions:
@@ -626,6 +643,10 @@ func (c *Correlator) Observe(o observe.Observation) {
 	case observe.ServerIdle:
 		s := c.server(o.Flow.Server)
 		s.idleTimeout = o.IdleTimeout
+		return
+	case observe.AppWriteFailed:
+		// Of a connection that is gone: it makes no flow.
+		c.writeFailed(o, now)
 		return
 	case observe.CanaryAnswer:
 		// The canary and the kernel report the same answer in either order;
@@ -861,6 +882,9 @@ func (c *Correlator) close(f *flow, o observe.Observation, now instant) {
 		f.closeHow = how // a reset after the FINs (unread bytes) does not change how it closed
 	}
 	fin := flagFinClient << (o.Dir & 1)
+	if side == "server" && !f.is(flagFinServer) {
+		f.set(flagServerRST, how == "rst")
+	}
 	if !f.is(flagSeeded | fin) { // else a FIN sent before the flow was seen, told now
 		c.noteClose(f, o.Dir, now)
 	}
@@ -960,7 +984,106 @@ func (c *Correlator) idleClose(f *flow, ex *exchange) bool {
 
 func (c *Correlator) race(f *flow, ex *exchange, kind string, at instant, requestToClose time.Duration) {
 	ex.raced = true // one race per exchange
-	c.event(f, at, &Race{RaceKind: kind, IdleAge: ex.idleAge, RequestToClose: requestToClose})
+	if kind == RaceReuseAfterClose {
+		f.set(flagReuseRaced, true)
+	}
+	c.event(f, at, &Race{RaceKind: kind, IdleAge: ex.idleAge, RequestToClose: requestToClose, ServerClose: serverHow(f)})
+}
+
+// serverHow is how the server closed the flow: rst when its first FIN or
+// RST was a reset, else fin (its FIN, or its end in CLOSE_WAIT).
+func serverHow(f *flow) string {
+	if f.is(flagServerRST) {
+		return "rst"
+	}
+	return "fin"
+}
+
+// deadFlow is a connection the server closed while it sat idle in the
+// application's pool: what a failed write on it later reports.
+type deadFlow struct {
+	key                     observe.Flow
+	srv                     *server
+	client                  string
+	pid                     uint32
+	lastData, serverCloseAt instant
+	how                     string // fin or rst
+}
+
+// deadOf says whether the server closed f while it was idle (no exchange
+// open, the client had not begun to close), with no race reported on it
+// yet: a write on it now, which fails, raced the server's close.
+func (c *Correlator) deadOf(f *flow) (deadFlow, bool) {
+	if !f.is(flagServerFIN) || f.is(flagSeeded) || f.is(flagReuseRaced) || f.is(flagCloseOpen) || f.ex != nil ||
+		f.serverCloseAt.IsZero() || !f.closeAt[0].IsZero() && f.closeAt[0].Before(f.serverCloseAt) {
+		return deadFlow{}, false
+	}
+	return deadFlow{key: f.key, srv: f.srv, client: f.client, pid: f.pid, lastData: f.lastData,
+		serverCloseAt: f.serverCloseAt, how: serverHow(f)}, true
+}
+
+// rememberDead keeps d until its connection is written on, or a new
+// connection takes its addresses; the ring's oldest is forgotten when it
+// is full.
+func (c *Correlator) rememberDead(d deadFlow) {
+	if i, ok := c.pooled[d.key]; ok {
+		c.dead[i] = d
+		return
+	}
+	i := c.nextDead
+	if i < len(c.dead) {
+		if old := c.dead[i].key; c.pooled[old] == int32(i) {
+			delete(c.pooled, old)
+		}
+		c.dead[i] = d
+	} else {
+		c.dead = append(c.dead, d)
+	}
+	c.pooled[d.key] = int32(i)
+	if c.nextDead = i + 1; c.nextDead == max(c.cfg.MaxFlows/4, minBuried) {
+		c.nextDead = 0
+	}
+}
+
+func (c *Correlator) forgetDead(key observe.Flow) {
+	if i, ok := c.pooled[key]; ok {
+		delete(c.pooled, key)
+		c.dead[i] = deadFlow{}
+	}
+}
+
+// writeFailed: the client's application wrote on a connection whose
+// socket is in CLOSE, and the write failed with nothing on the wire.
+// When the server had closed the connection while it sat idle in the
+// pool, the write raced the server's idle close: with a FIN the request
+// shows on the wire (start), with a reset only here. Once per flow; a
+// write failure on a connection the client closed itself is no race.
+func (c *Correlator) writeFailed(o observe.Observation, now instant) {
+	if o.Dir != observe.ToServer {
+		return // the server end's write (the host is both ends on loopback)
+	}
+	var d deadFlow
+	if f, ok := c.flows[o.Flow]; ok {
+		var dead bool
+		if d, dead = c.deadOf(f); !dead {
+			return
+		}
+		f.set(flagReuseRaced, true)
+		if o.PID != 0 && d.pid == 0 {
+			d.pid = o.PID // the writer is the owner
+		}
+	} else if i, ok := c.pooled[o.Flow]; ok {
+		d = c.dead[i]
+		c.forgetDead(o.Flow)
+	} else {
+		return
+	}
+	r := &Race{RaceKind: RaceReuseAfterClose, RequestToClose: d.serverCloseAt.Sub(now), ServerClose: d.how}
+	if !d.lastData.IsZero() {
+		r.IdleAge = now.Sub(d.lastData)
+		c.m.Flow(d.srv.label, d.client).IdleAge(r.IdleAge)
+	}
+	c.emit(Event{Time: now.Time(c.loc), Server: d.srv.label, ClientAddr: d.key.Client, Client: d.client, PID: d.pid, Detail: r})
 }
 
 // state follows the TCP state of one end of the flow: the client's where

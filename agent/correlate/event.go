@@ -91,6 +91,10 @@ type Race struct {
 	RaceKind       string
 	IdleAge        time.Duration
 	RequestToClose time.Duration
+	// ServerClose is how the server closed: fin or rst (empty: not
+	// known, and not written). A reuse after a reset is seen at the
+	// application's failed write, as nothing reaches the wire.
+	ServerClose string
 }
 
 // TLSAlert: a TLS alert record, or a probable TLS 1.3 close_notify.
@@ -152,6 +156,9 @@ func (d *Race) fields(add func(string, any)) {
 	add("race_kind", d.RaceKind)
 	add("idle_age_seconds", seconds(d.IdleAge))
 	add("request_to_close_seconds", seconds(d.RequestToClose))
+	if d.ServerClose != "" {
+		add("server_close", d.ServerClose)
+	}
 }
 
 func (d *TLSAlert) fields(add func(string, any)) {
@@ -204,7 +211,11 @@ func (d *Release) summary(e Event, who string) string {
 }
 
 func (d *Race) summary(e Event, who string) string {
-	return fmt.Sprintf("idle-close race %s on %s to %s (idle %s)", d.RaceKind, who, e.Server, humanize.Duration(d.IdleAge))
+	reset := ""
+	if d.ServerClose == "rst" {
+		reset = ", after the server's reset"
+	}
+	return fmt.Sprintf("idle-close race %s on %s to %s (idle %s%s)", d.RaceKind, who, e.Server, humanize.Duration(d.IdleAge), reset)
 }
 
 func (d *TLSAlert) summary(e Event, who string) string {

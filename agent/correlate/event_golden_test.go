@@ -39,6 +39,11 @@ func TestEventGolden(t *testing.T) {
 	// Unread.
 	h.obs(observe.ExchangeStart, flowA2, 100).obs(observe.Answer, flowA2, 100.2).
 		obs(observe.SocketInfo, flowA2, 101, rqueue(500)).sweep(110.3).obs(observe.AppRead, flowA2, 112)
+	// D: idle in the pool, reset by the server; the application's write
+	// on it fails with nothing on the wire.
+	h.obs(observe.ExchangeStart, flowD, 120).obs(observe.Answer, flowD, 120.01).
+		obs(observe.RST, flowD, 130, fromServer).sweep(140)
+	writeFailed(h, flowD, 150)
 
 	var b strings.Builder
 	kinds := map[Kind]bool{}

@@ -38,13 +38,20 @@ const (
 	CanaryAnswer  // the canary's own gap for an exchange, in Gap
 	ServerOptions // OPTIONS of a server: MaxConnections
 	ServerIdle    // the canary saw the server idle-close after IdleTimeout
+
+	// AppWriteFailed: the application's write failed on a socket in
+	// CLOSE, and nothing reached the wire (sock:sock_send_length or the
+	// kprobe). Len is the errno where known; OldState the socket's
+	// state before CLOSE where known. A socket signal, numbered after the
+	// canary's to keep the kinds' values.
+	AppWriteFailed
 )
 
 var kindNames = [...]string{ExchangeStart: "exchange_start", Acked: "acked", Answer: "answer",
 	TLSAlert: "tls_alert", FIN: "fin", RST: "rst", Retransmit: "retransmit", State: "state",
 	TCPRetransmit: "tcp_retransmit", AppWrite: "app_write", AppRead: "app_read",
 	SocketInfo: "socket_info", CanaryConn: "canary_conn", CanaryAnswer: "canary_answer",
-	ServerOptions: "server_options", ServerIdle: "server_idle"}
+	ServerOptions: "server_options", ServerIdle: "server_idle", AppWriteFailed: "app_write_failed"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) && kindNames[k] != "" {

@@ -1,0 +1,127 @@
+package bpf
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/icapwatch/icapwatch/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+const evAppWriteFailed = uint8(icapwatchEventTypeEV_APP_WRITE_FAILED)
+
+// TestFailedWriteAfterServerReset: a server resets an idle pooled
+// connection (linger 0, as c-icap's idle close ends in a reset), and the
+// client's application writes on it: the write fails at once and sends
+// nothing, so TC sees nothing; sock:sock_send_length reports the failure
+// with the flow, found by the socket's address, as the state tracepoint
+// left it at CLOSE. Real sockets on lo, in a namespace of the test's own.
+func TestFailedWriteAfterServerReset(t *testing.T) {
+	if root, err := FindTracefs(); err != nil || !exists(root+"/events/sock/sock_send_length") {
+		testutil.SkipOrFail(t, "no tracepoint sock:sock_send_length (6.x kernels): %v", err)
+	}
+	pair := testutil.NewVethPair(t)
+	var ln net.Listener
+	if err := testutil.InNetNS(pair.Client, func() (err error) {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p := openOnLoopback(t, pair.Client, ln.Addr().(*net.TCPAddr).Port, DefaultConfig())
+	attached := false
+	for _, h := range p.Hooks() {
+		if h.Name == HookSendLength {
+			attached = h.Attached && h.Optional
+		}
+	}
+	if !attached {
+		t.Fatalf("hook %s not attached as an optional hook: %+v", HookSendLength, p.Hooks())
+	}
+
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	cli, err := testutil.NSDialer{NS: pair.Client}.DialContext(t.Context(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	var srv *net.TCPConn
+	select {
+	case c := <-accepted:
+		srv = c.(*net.TCPConn)
+	case <-time.After(5 * time.Second):
+		t.Fatal("not accepted within 5s")
+	}
+	// One exchange, then the connection sits idle until the server resets it.
+	if _, err := cli.Write(record(100)); err != nil {
+		t.Fatal(err)
+	}
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(srv, make([]byte, 105)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Write(record(300)); err != nil {
+		t.Fatal(err)
+	}
+	cli.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(cli, make([]byte, 305)); err != nil {
+		t.Fatal(err)
+	}
+	srv.SetLinger(0)
+	srv.Close()
+
+	local := cli.LocalAddr().(*net.TCPAddr).AddrPort()
+	server := ln.Addr().(*net.TCPAddr).AddrPort()
+	// next reads the flow's events until one matches.
+	next := func(what string, match func(Event) bool) Event {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			p.SetDeadline(deadline)
+			ev, err := p.Read()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("no %s within 10s", what)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.Client.Port() != local.Port() {
+				continue
+			}
+			if ev.Type == evAppWriteFailed && what != "failed write" {
+				t.Fatalf("failed write before %s: %s", what, describeOne(ev))
+			}
+			if match(ev) {
+				return ev
+			}
+		}
+	}
+	closed := next("client socket in CLOSE", func(ev Event) bool {
+		return ev.Type == evState && ev.Dir == dirToServer && ev.NewState == tcpClose
+	})
+
+	for _, want := range []unix.Errno{unix.ECONNRESET, unix.EPIPE} {
+		if _, err := cli.Write(record(100)); !errors.Is(err, want) {
+			t.Fatalf("write after the server's reset: %v, want %v", err, want)
+		}
+		ev := next("failed write", func(ev Event) bool { return ev.Type == evAppWriteFailed })
+		if ev.Client != local || ev.Server != server || ev.Dir != dirToServer ||
+			ev.Hook != uint8(icapwatchHookHOOK_TRACEPOINT) || ev.Sock != closed.Sock ||
+			ev.Len != uint32(want) || ev.NewState != tcpClose || ev.OldState != tcpEstablished ||
+			ev.PID != uint32(os.Getpid()) {
+			t.Errorf("failed write (%v): %s, sock %#x, errno %d, states %d->%d, pid %d; want %s -> %s to the server, "+
+				"from the tracepoint, sock %#x, errno %d, 1->7, pid %d", want, describeOne(ev), ev.Sock, ev.Len,
+				ev.OldState, ev.NewState, ev.PID, local, server, closed.Sock, want, os.Getpid())
+		}
+	}
+}
