@@ -974,6 +974,45 @@ int icapwatch_retransmit(void *ctx)
  * offsets taken from the kernel's BTF; the loader leaves the programs out
  * where it has none.
  */
+/*
+ * A write on a watched socket in CLOSE failed (err: its errno, 0 where
+ * not known): a pooled connection the server reset, written on later.
+ * The socket has given its local port back by then (inet_put_port), so
+ * its flow comes from the state tracepoint's map by the socket's address.
+ */
+static __always_inline int failed_write(void *ctx, __u64 sk, __u8 hook, __u32 err)
+{
+	struct sock_info *si = bpf_map_lookup_elem(&sockets, &sk);
+	struct scratch *sc;
+	struct event *ev;
+
+	if (!si || si->state != TCP_CLOSE)
+		return 0;
+	sc = get_scratch();
+	if (!sc)
+		return 0;
+	ev = &sc->ev;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	__builtin_memcpy(ev->client, si->key.client, 16);
+	__builtin_memcpy(ev->server, si->key.server, 16);
+	ev->client_port = si->key.client_port;
+	ev->server_port = si->key.server_port;
+	ev->family = si->key.family;
+	ev->dir = si->dir;
+	ev->old_state = si->prev;
+	ev->new_state = si->state;
+	count(hook == HOOK_KPROBE ? CNT_KPROBE : CNT_TRACEPOINT);
+	ev->type = EV_APP_WRITE_FAILED;
+	ev->hook = hook;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->skaddr = sk;
+	ev->len = err;
+	/* A send runs in the writer's context. */
+	current_task(ev);
+	emit(ctx, ev);
+	return 0;
+}
+
 static __always_inline int app_event(void *ctx, __u8 type)
 {
 	__u32 zero = 0;
@@ -1012,8 +1051,8 @@ static __always_inline int app_event(void *ctx, __u8 type)
 		if (state == TCP_CLOSE) {
 			if (cfg->sl_ret != OFF_NONE)
 				return 0;
-			type = EV_APP_WRITE_FAILED;
-			size = 0;
+			/* The errno is not known yet, at the call. */
+			return failed_write(ctx, sk, HOOK_KPROBE, 0);
 		}
 	}
 	read_field(&family, 2, (void *)sk, cfg->sk_family);
@@ -1035,13 +1074,6 @@ static __always_inline int app_event(void *ctx, __u8 type)
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->skaddr = sk;
 	ev->len = (__u32)size;
-	if (type == EV_APP_WRITE_FAILED) {
-		struct sock_info *si = bpf_map_lookup_elem(&sockets, &sk);
-
-		ev->new_state = TCP_CLOSE;
-		if (si)
-			ev->old_state = si->prev;
-	}
 	current_task(ev);
 	emit(ctx, ev);
 	return 0;
@@ -1070,9 +1102,6 @@ int icapwatch_send_length(void *ctx)
 {
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config_map, &zero);
-	struct scratch *sc;
-	struct sock_info *si;
-	struct event *ev;
 	__u16 protocol = 0;
 	__u64 sk = 0;
 	__s32 ret = 0;
@@ -1086,30 +1115,5 @@ int icapwatch_send_length(void *ctx)
 	if (protocol != IPPROTO_TCP)
 		return 0;
 	read_field(&sk, 8, ctx, cfg->sl_sk);
-	si = bpf_map_lookup_elem(&sockets, &sk);
-	if (!si || si->state != TCP_CLOSE)
-		return 0;
-	sc = get_scratch();
-	if (!sc)
-		return 0;
-	ev = &sc->ev;
-	__builtin_memset(ev, 0, sizeof(*ev));
-	__builtin_memcpy(ev->client, si->key.client, 16);
-	__builtin_memcpy(ev->server, si->key.server, 16);
-	ev->client_port = si->key.client_port;
-	ev->server_port = si->key.server_port;
-	ev->family = si->key.family;
-	ev->dir = si->dir;
-	ev->old_state = si->prev;
-	ev->new_state = si->state;
-	count(CNT_TRACEPOINT);
-	ev->type = EV_APP_WRITE_FAILED;
-	ev->hook = HOOK_TRACEPOINT;
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->skaddr = sk;
-	ev->len = (__u32)-ret;
-	/* A send runs in the writer's context. */
-	current_task(ev);
-	emit(ctx, ev);
-	return 0;
+	return failed_write(ctx, sk, HOOK_TRACEPOINT, (__u32)-ret);
 }

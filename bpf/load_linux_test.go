@@ -230,7 +230,14 @@ func TestPermissionErrorsNameCapabilities(t *testing.T) {
 // must run in the namespace too) when the test ends.
 func openOnLoopback(t *testing.T, ns netns.NsHandle, port int, cfg Config) *Probe {
 	t.Helper()
-	cfg.Interfaces, cfg.Ports, cfg.Kprobes = []string{"lo"}, []uint16{uint16(port)}, KprobesOff
+	cfg.Kprobes = KprobesOff
+	return openOnLoopbackKprobes(t, ns, port, cfg)
+}
+
+// openOnLoopbackKprobes is openOnLoopback with cfg's kprobe setting.
+func openOnLoopbackKprobes(t *testing.T, ns netns.NsHandle, port int, cfg Config) *Probe {
+	t.Helper()
+	cfg.Interfaces, cfg.Ports = []string{"lo"}, []uint16{uint16(port)}
 	var p *Probe
 	if err := testutil.InNetNS(ns, func() (err error) {
 		p, err = Open(cfg)

@@ -19,10 +19,22 @@ const evAppWriteFailed = uint8(icapwatchEventTypeEV_APP_WRITE_FAILED)
 // client's application writes on it: the write fails at once and sends
 // nothing, so TC sees nothing; sock:sock_send_length reports the failure
 // with the flow, found by the socket's address, as the state tracepoint
-// left it at CLOSE. Real sockets on lo, in a namespace of the test's own.
+// left it at CLOSE, or where the kernel lacks that tracepoint, the
+// tcp_sendmsg kprobe does. Real sockets on lo, in a namespace of the
+// test's own.
 func TestFailedWriteAfterServerReset(t *testing.T) {
+	testutil.RequireRoot(t)
+	hook, from, cfg := HookSendLength, icapwatchHookHOOK_TRACEPOINT, DefaultConfig()
 	if root, err := FindTracefs(); err != nil || !exists(root+"/events/sock/sock_send_length") {
-		testutil.SkipOrFail(t, "no tracepoint sock:sock_send_length (6.x kernels): %v", err)
+		// Before 6.x: the kprobe, where the kernel has kprobes and BTF.
+		var c icapwatchConfig
+		if _, reason := kprobeSettings(&c); reason != "" {
+			testutil.SkipOrFail(t, "neither sock:sock_send_length nor the tcp_sendmsg kprobe: %s", reason)
+			return
+		}
+		hook, from = HookSendmsg, icapwatchHookHOOK_KPROBE
+	} else {
+		cfg.Kprobes = KprobesOff
 	}
 	pair := testutil.NewVethPair(t)
 	var ln net.Listener
@@ -33,15 +45,15 @@ func TestFailedWriteAfterServerReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	p := openOnLoopback(t, pair.Client, ln.Addr().(*net.TCPAddr).Port, DefaultConfig())
+	p := openOnLoopbackKprobes(t, pair.Client, ln.Addr().(*net.TCPAddr).Port, cfg)
 	attached := false
 	for _, h := range p.Hooks() {
-		if h.Name == HookSendLength {
+		if h.Name == hook {
 			attached = h.Attached && h.Optional
 		}
 	}
 	if !attached {
-		t.Fatalf("hook %s not attached as an optional hook: %+v", HookSendLength, p.Hooks())
+		t.Fatalf("hook %s not attached as an optional hook: %+v", hook, p.Hooks())
 	}
 
 	accepted := make(chan net.Conn, 1)
@@ -110,18 +122,25 @@ func TestFailedWriteAfterServerReset(t *testing.T) {
 		return ev.Type == evState && ev.Dir == dirToServer && ev.NewState == tcpClose
 	})
 
+	// The kprobe runs at the call, before the errno is known.
+	errnoFrom := func(e unix.Errno) uint32 {
+		if from == icapwatchHookHOOK_KPROBE {
+			return 0
+		}
+		return uint32(e)
+	}
 	for _, want := range []unix.Errno{unix.ECONNRESET, unix.EPIPE} {
 		if _, err := cli.Write(record(100)); !errors.Is(err, want) {
 			t.Fatalf("write after the server's reset: %v, want %v", err, want)
 		}
 		ev := next("failed write", func(ev Event) bool { return ev.Type == evAppWriteFailed })
 		if ev.Client != local || ev.Server != server || ev.Dir != dirToServer ||
-			ev.Hook != uint8(icapwatchHookHOOK_TRACEPOINT) || ev.Sock != closed.Sock ||
-			ev.Len != uint32(want) || ev.NewState != tcpClose || ev.OldState != tcpEstablished ||
+			ev.Hook != uint8(from) || ev.Sock != closed.Sock ||
+			ev.Len != errnoFrom(want) || ev.NewState != tcpClose || ev.OldState != tcpEstablished ||
 			ev.PID != uint32(os.Getpid()) {
 			t.Errorf("failed write (%v): %s, sock %#x, errno %d, states %d->%d, pid %d; want %s -> %s to the server, "+
-				"from the tracepoint, sock %#x, errno %d, 1->7, pid %d", want, describeOne(ev), ev.Sock, ev.Len,
-				ev.OldState, ev.NewState, ev.PID, local, server, closed.Sock, want, os.Getpid())
+				"from hook %d, sock %#x, errno %d, 1->7, pid %d", want, describeOne(ev), ev.Sock, ev.Len,
+				ev.OldState, ev.NewState, ev.PID, local, server, from, closed.Sock, errnoFrom(want), os.Getpid())
 		}
 	}
 }
