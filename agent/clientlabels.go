@@ -40,10 +40,10 @@ func reserved(name string) bool {
 	return name == correlate.ClientUnknown || name == correlate.ClientCanary || name == ClientOther
 }
 
-// assign is the label of a connection of the process name, given one if
-// there is room. newConn says that a connection takes the label now (the
-// overflow counts connections, not lookups).
-func (c *clientLabels) assign(name string, now time.Time, newConn bool) string {
+// assign is the label of a connection of the process name that takes it
+// now, given one if there is room; a connection labelled other is
+// counted.
+func (c *clientLabels) assign(name string, now time.Time) string {
 	if reserved(name) {
 		return name
 	}
@@ -53,9 +53,7 @@ func (c *clientLabels) assign(name string, now time.Time, newConn bool) string {
 		c.used[name] = now
 		return name
 	}
-	if newConn {
-		c.overflow.Inc()
-	}
+	c.overflow.Inc()
 	return ClientOther
 }
 

@@ -47,7 +47,7 @@ type flowMeter struct {
 // Flow is the meter of a connection that has just taken the label pair:
 // the client's label is bounded (clientLabels).
 func (mt *meter) Flow(server, client string) correlate.FlowMeter {
-	client = mt.clients.assign(client, mt.now(), true)
+	client = mt.clients.assign(client, mt.now())
 	k := [2]string{server, client}
 	f := mt.flows[k]
 	if f == nil {
@@ -113,9 +113,10 @@ func (mt *meter) retire(inUse map[string]bool) {
 }
 
 // count counts an event in the counters that follow events, under the
-// client's label; the event itself keeps the process name.
+// label its connection was given; the event itself keeps the process
+// name.
 func (mt *meter) count(e correlate.Event) {
-	m, client := mt.m, mt.clients.assign(e.Client, mt.now(), false)
+	m, client := mt.m, mt.clients.of(e.Client)
 	switch d := e.Detail.(type) {
 	case *correlate.Stall:
 		m.Stalls.WithLabelValues(e.Server, client, d.State).Inc()
