@@ -17,6 +17,7 @@ profile=${1:-test}
 # tcpdump, tshark: make fixtures records test captures; make bench times tshark.
 # c-icap: a real ICAP server for the end-to-end tests and the capture fixtures
 # (internal/cicap runs private instances; the system's service is not used).
+# squid-openssl: a real ICAP client over TLS for TestSquidPool (a private instance).
 # rpm, systemd: the packaging tests read and install the rpm (the packages
 # themselves are built by nfpm, in Go) and systemd-analyze verifies the units.
 # qemu-system-x86, cpio: make test-kernels boots Debian's 6.1 kernel under
@@ -24,7 +25,7 @@ profile=${1:-test}
 case "$profile" in
 demo) packages=(ca-certificates make) ;;
 test) packages=(gcc libc6-dev iproute2 ca-certificates git make clang-14 llvm-14 libbpf-dev linux-libc-dev prometheus
-	tcpdump tshark c-icap rpm systemd qemu-system-x86 cpio) ;;
+	tcpdump tshark c-icap squid-openssl rpm systemd qemu-system-x86 cpio) ;;
 *)
 	echo "deps: usage: scripts/deps.sh [demo|test]" >&2
 	exit 2
@@ -45,6 +46,13 @@ if ((${#missing[@]})); then
 	# apt's progress and debconf's notes go to a log, shown only on failure.
 	log=$(mktemp)
 	trap 'rm -f "$log"' EXIT
+	# c-icap and squid ship system services; the tests run private
+	# instances and the install starts none (invoke-rc.d asks policy-rc.d).
+	policy=/usr/sbin/policy-rc.d
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy"
+		trap 'rm -f "$log" "$policy"' EXIT
+	fi
 	if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		"${missing[@]}"; } >"$log" 2>&1; then
 		cat "$log" >&2
