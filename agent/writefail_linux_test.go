@@ -33,25 +33,7 @@ func TestReuseAfterServerReset(t *testing.T) {
 			bpf.HookSendLength, got)
 	}
 
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
-	cli, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	var srv *net.TCPConn
-	select {
-	case c := <-accepted:
-		srv = c.(*net.TCPConn)
-	case <-time.After(5 * time.Second):
-		t.Fatal("not accepted within 5s")
-	}
-	defer srv.Close()
+	cli, srv := testutil.Connect(t, ln, (&net.Dialer{}).DialContext)
 	req := "OPTIONS icap://127.0.0.1/x ICAP/1.0\r\nEncapsulated: null-body=0\r\n\r\n"
 	if _, err := io.WriteString(cli, req); err != nil {
 		t.Fatal(err)

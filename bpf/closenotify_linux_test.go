@@ -43,25 +43,7 @@ func TestResetProvesCloseNotifyOnLoopback(t *testing.T) {
 			defer ln.Close()
 			p := openOnLoopback(t, pair.Client, ln.Addr().(*net.TCPAddr).Port, DefaultConfig())
 
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				if c, err := ln.Accept(); err == nil {
-					accepted <- c
-				}
-			}()
-			cli, err := testutil.NSDialer{NS: pair.Client}.DialContext(t.Context(), "tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cli.Close()
-			var srv *net.TCPConn
-			select {
-			case c := <-accepted:
-				srv = c.(*net.TCPConn)
-			case <-time.After(5 * time.Second):
-				t.Fatal("not accepted within 5s")
-			}
-			defer srv.Close()
+			cli, srv := testutil.Connect(t, ln, testutil.NSDialer{NS: pair.Client}.DialContext)
 			exchange := func(from, to net.Conn, n int) {
 				t.Helper()
 				if _, err := from.Write(record(n)); err != nil {

@@ -56,24 +56,7 @@ func TestFailedWriteAfterServerReset(t *testing.T) {
 		t.Fatalf("hook %s not attached as an optional hook: %+v", hook, p.Hooks())
 	}
 
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
-	cli, err := testutil.NSDialer{NS: pair.Client}.DialContext(t.Context(), "tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	var srv *net.TCPConn
-	select {
-	case c := <-accepted:
-		srv = c.(*net.TCPConn)
-	case <-time.After(5 * time.Second):
-		t.Fatal("not accepted within 5s")
-	}
+	cli, srv := testutil.Connect(t, ln, testutil.NSDialer{NS: pair.Client}.DialContext)
 	// One exchange, then the connection sits idle until the server resets it.
 	if _, err := cli.Write(record(100)); err != nil {
 		t.Fatal(err)
