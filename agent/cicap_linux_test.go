@@ -214,10 +214,6 @@ func cicapSeed(t *testing.T, tls12 bool, version string) {
 		}
 		byKind[e.kind()] = append(byKind[e.kind()], e)
 	}
-	const timeSlack = 20 * time.Millisecond // the agent's kernel times against the packet socket's
-	near := func(got float64, want time.Duration) bool {
-		return (time.Duration(got*float64(time.Second)) - want).Abs() <= timeSlack
-	}
 
 	// One stall, the third connection's handshake: ACKed by the server's
 	// kernel, unanswered by c-icap.
@@ -227,27 +223,13 @@ func cicapSeed(t *testing.T, tls12 bool, version string) {
 	}
 	// It ended answered, when the wire shows the ServerHello.
 	if s := byKind[correlate.KindStallEnd]; len(s) != 1 || s[0].str("client_addr") != third.String() ||
-		s[0].str("outcome") != correlate.OutcomeAnswered || s[0].str("phase") != "handshake" || !near(s[0].num("duration_seconds"), waited) {
+		s[0].str("outcome") != correlate.OutcomeAnswered || s[0].str("phase") != "handshake" || !onWire(s[0].num("duration_seconds"), waited) {
 		t.Errorf("stall_end events %v, want one of %s answered after %v", s, third, waited)
 	}
 	// Released by the server's close of one of the two idle connections:
 	// the one the agent names closed first by the server on the wire,
 	// within the release window before the ServerHello.
-	if r := byKind[correlate.KindRelease]; len(r) != 1 || r[0].str("client_addr") != third.String() {
-		t.Errorf("release events %v, want one of %s", r, third)
-	} else {
-		sib, err := netip.ParseAddrPort(r[0].str("sibling_client_addr"))
-		c := truth[sib.Port()]
-		switch {
-		case err != nil || !slices.Contains(idle, sib):
-			t.Errorf("release names sibling %q, want one of the idle connections %v", r[0].str("sibling_client_addr"), idle)
-		case c.serverClose.After(c3.served) || c3.served.Sub(c.serverClose) > cfg.Correlator.ReleaseWindow:
-			t.Errorf("release names %s, which the server closed at %v; the ServerHello came at %v",
-				sib, c.serverClose.Format(time.StampMicro), c3.served.Format(time.StampMicro))
-		case !near(r[0].num("after_close_seconds"), c3.served.Sub(c.serverClose)):
-			t.Errorf("release after_close_seconds %v, the wire says %v", r[0].num("after_close_seconds"), c3.served.Sub(c.serverClose))
-		}
-	}
+	checkRelease(t, byKind[correlate.KindRelease], third, idle, truth, c3.served, cfg.Correlator.ReleaseWindow)
 	// Each connection: the server's alert as the wire has it, with the
 	// version it was sent in, the client's answering alert, and a close
 	// by the server, as the wire ended it.
@@ -376,6 +358,40 @@ func pollUntil(bound time.Duration, cond func() bool) bool {
 }
 
 // firstClose is when the server first closed one of the connections.
+// timeSlack: the agent's kernel times against the packet socket's.
+const timeSlack = 20 * time.Millisecond
+
+// onWire: a duration in seconds from the agent is the wire's, within
+// timeSlack.
+func onWire(got float64, want time.Duration) bool {
+	return (time.Duration(got*float64(time.Second)) - want).Abs() <= timeSlack
+}
+
+// checkRelease: one release, of the third connection, naming as its
+// sibling one of the idle connections, which the server closed on the
+// wire within the window before the third's ServerHello (served), with
+// after_close_seconds as the wire has it.
+func checkRelease(t *testing.T, releases []apiEvent, third netip.AddrPort, idle []netip.AddrPort,
+	truth map[uint16]*wireConn, served time.Time, window time.Duration) {
+	t.Helper()
+	if len(releases) != 1 || releases[0].str("client_addr") != third.String() {
+		t.Errorf("release events %v, want one of %s", releases, third)
+		return
+	}
+	r := releases[0]
+	sib, err := netip.ParseAddrPort(r.str("sibling_client_addr"))
+	c := truth[sib.Port()]
+	switch {
+	case err != nil || !slices.Contains(idle, sib):
+		t.Errorf("release names sibling %q, want one of the idle connections %v", r.str("sibling_client_addr"), idle)
+	case c.serverClose.After(served) || served.Sub(c.serverClose) > window:
+		t.Errorf("release names %s, which the server closed at %v; the ServerHello came at %v",
+			sib, c.serverClose.Format(time.StampMicro), served.Format(time.StampMicro))
+	case !onWire(r.num("after_close_seconds"), served.Sub(c.serverClose)):
+		t.Errorf("release after_close_seconds %v, the wire says %v", r.num("after_close_seconds"), served.Sub(c.serverClose))
+	}
+}
+
 func firstClose(truth map[uint16]*wireConn, conns []netip.AddrPort) time.Time {
 	var first time.Time
 	for _, a := range conns {

@@ -227,33 +227,20 @@ func TestSquidPool(t *testing.T) {
 			t.Errorf("event of Squid's connection labelled client %q, want squid: %v", e.str("client"), e)
 		}
 	}
-	const timeSlack = 20 * time.Millisecond
-	near := func(got float64, want time.Duration) bool {
-		return (time.Duration(got*float64(time.Second)) - want).Abs() <= timeSlack
-	}
 	if s := byKind[correlate.KindStall]; len(s) != 1 || s[0].str("client_addr") != addr(third) ||
 		s[0].str("state") != correlate.StateAckedSilent || s[0].str("phase") != "handshake" {
 		t.Errorf("stall events %v, want one acked_silent handshake stall of port %d", s, third)
 	}
 	if s := byKind[correlate.KindStallEnd]; len(s) != 1 || s[0].str("client_addr") != addr(third) ||
-		s[0].str("outcome") != correlate.OutcomeAnswered || !near(s[0].num("duration_seconds"), waited) {
+		s[0].str("outcome") != correlate.OutcomeAnswered || !onWire(s[0].num("duration_seconds"), waited) {
 		t.Errorf("stall_end events %v, want one of port %d answered after %v", s, third, waited)
 	}
-	if r := byKind[correlate.KindRelease]; len(r) != 1 || r[0].str("client_addr") != addr(third) {
-		t.Errorf("release events %v, want one of port %d", r, third)
-	} else {
-		sib, err := netip.ParseAddrPort(r[0].str("sibling_client_addr"))
-		c := truth[sib.Port()]
-		switch {
-		case err != nil || !slices.Contains(idle, sib.Port()):
-			t.Errorf("release names sibling %q, want one of the idle connections %v", r[0].str("sibling_client_addr"), idle)
-		case c.serverClose.After(c3.served) || c3.served.Sub(c.serverClose) > cfg.Correlator.ReleaseWindow:
-			t.Errorf("release names %s, which c-icap closed at %v; the ServerHello came at %v",
-				sib, c.serverClose.Format(time.StampMicro), c3.served.Format(time.StampMicro))
-		case !near(r[0].num("after_close_seconds"), c3.served.Sub(c.serverClose)):
-			t.Errorf("release after_close_seconds %v, the wire says %v", r[0].num("after_close_seconds"), c3.served.Sub(c.serverClose))
-		}
+	var idleAddrs []netip.AddrPort
+	for _, p := range idle {
+		idleAddrs = append(idleAddrs, netip.AddrPortFrom(server.Addr(), p))
 	}
+	checkRelease(t, byKind[correlate.KindRelease], netip.AddrPortFrom(server.Addr(), third), idleAddrs, truth,
+		c3.served, cfg.Correlator.ReleaseWindow)
 	hows := map[string]int{}
 	for _, p := range conns {
 		c := truth[p]
