@@ -16,6 +16,7 @@ import (
 	"github.com/icapwatch/icapwatch/icap"
 	"github.com/icapwatch/icapwatch/internal/cicap"
 	"github.com/icapwatch/icapwatch/internal/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,7 +42,7 @@ func TestCICap(t *testing.T) {
 }
 
 func cicapSeed(t *testing.T, tls12 bool, version string) {
-	srv := startCICap(t, cicap.Config{Workers: 2, KeepAlive: 3 * time.Second, Timeout: 2 * time.Second, TLS12: tls12})
+	srv := cicap.StartTest(t, cicap.Config{Workers: 2, KeepAlive: 3 * time.Second, Timeout: 2 * time.Second, TLS12: tls12})
 	server := netip.MustParseAddrPort(srv.Addr())
 	wire := captureLo(t, server)
 	cfg := loopbackAgent(int(server.Port()))
@@ -270,16 +271,7 @@ func cicapSeed(t *testing.T, tls12 bool, version string) {
 	}
 
 	// The metrics say the same.
-	metricsAfter := scrape(t, base+"/metrics")
-	delta := func(name string, labels map[string]string) float64 {
-		labels["server"] = server.String()
-		return sum(metricsAfter, name, labels) - sum(metricsBefore, name, labels)
-	}
-	for _, m := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
+	checkDeltas(t, metricsBefore, scrape(t, base+"/metrics"), server, []metricDelta{
 		{"icapwatch_stalls_total", map[string]string{}, 1},
 		{"icapwatch_stalls_total", map[string]string{"state": correlate.StateAckedSilent}, 1},
 		{"icapwatch_stalled_exchanges", map[string]string{}, 0},
@@ -289,37 +281,8 @@ func cicapSeed(t *testing.T, tls12 bool, version string) {
 		{"icapwatch_connection_closes_total", map[string]string{"initiator": "client"}, 0},
 		{"icapwatch_connection_closes_total", map[string]string{"initiator": "server", "how": "fin"}, hows["fin"]},
 		{"icapwatch_connection_closes_total", map[string]string{"initiator": "server", "how": "rst"}, hows["rst"]},
-	} {
-		if got := delta(m.name, m.labels); got != m.want {
-			t.Errorf("%s%v went up by %v, want %v", m.name, m.labels, got, m.want)
-		}
-	}
-	for _, name := range []string{"icapwatch_events_lost_total", "icapwatch_events_late_total"} {
-		if got := sum(metricsAfter, name, nil) - sum(metricsBefore, name, nil); got != 0 {
-			t.Errorf("%s went up by %v: the agent's account is incomplete", name, got)
-		}
-	}
-	t.Logf("stall %v on %s, released %v after the server closed a sibling; closes: %v", waited, third, c3.served.Sub(firstClose(truth, idle)), hows)
-}
-
-// startCICap runs a c-icap instance for the test, or skips (fails where
-// privileged tests are required) when c-icap is not installed.
-func startCICap(t *testing.T, cfg cicap.Config) *cicap.Server {
-	t.Helper()
-	cfg.Dir = t.TempDir()
-	s, err := cicap.Start(cfg)
-	if errors.Is(err, cicap.ErrNotInstalled) {
-		testutil.SkipOrFail(t, "%v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Error(err)
-		}
 	})
-	return s
+	t.Logf("stall %v on %s, released %v after the server closed a sibling; closes: %v", waited, third, c3.served.Sub(firstClose(truth, idle)), hows)
 }
 
 // waitEnds waits until c-icap's log has at least n connection ends
@@ -365,6 +328,31 @@ const timeSlack = 20 * time.Millisecond
 // timeSlack.
 func onWire(got float64, want time.Duration) bool {
 	return (time.Duration(got*float64(time.Second)) - want).Abs() <= timeSlack
+}
+
+// metricDelta: a metric, summed over the series with these labels (and
+// the server's), went up by want.
+type metricDelta struct {
+	name   string
+	labels map[string]string
+	want   float64
+}
+
+// checkDeltas compares what the metrics went up by between two scrapes,
+// and checks that no event was lost or late.
+func checkDeltas(t *testing.T, before, after map[string]*dto.MetricFamily, server netip.AddrPort, want []metricDelta) {
+	t.Helper()
+	for _, m := range want {
+		m.labels["server"] = server.String()
+		if got := sum(after, m.name, m.labels) - sum(before, m.name, m.labels); got != m.want {
+			t.Errorf("%s%v went up by %v, want %v", m.name, m.labels, got, m.want)
+		}
+	}
+	for _, name := range []string{"icapwatch_events_lost_total", "icapwatch_events_late_total"} {
+		if got := sum(after, name, nil) - sum(before, name, nil); got != 0 {
+			t.Errorf("%s went up by %v: the agent's account is incomplete", name, got)
+		}
+	}
 }
 
 // checkRelease: one release, of the third connection, naming as its

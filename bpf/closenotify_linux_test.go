@@ -33,14 +33,7 @@ func TestResetProvesCloseNotifyOnLoopback(t *testing.T) {
 	}{{"unread close_notify", true}, {"linger 0", false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			pair := testutil.NewVethPair(t)
-			var ln net.Listener
-			if err := testutil.InNetNS(pair.Client, func() (err error) {
-				ln, err = net.Listen("tcp", "127.0.0.1:0")
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
+			ln := testutil.ListenIn(t, pair.Client)
 			p := openOnLoopback(t, pair.Client, ln.Addr().(*net.TCPAddr).Port, DefaultConfig())
 
 			cli, srv := testutil.Connect(t, ln, testutil.NSDialer{NS: pair.Client}.DialContext)

@@ -139,14 +139,7 @@ func TestLoadFallsBack(t *testing.T) {
 func TestFlowEvictionsCounted(t *testing.T) {
 	pair := testutil.NewVethPair(t) // only its client namespace's lo is used
 	const maxFlows, conns = 16, 64
-	var ln net.Listener
-	if err := testutil.InNetNS(pair.Client, func() (err error) {
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := testutil.ListenIn(t, pair.Client)
 	accepted := make(chan net.Conn, conns)
 	go func() {
 		for {

@@ -37,14 +37,7 @@ func TestFailedWriteAfterServerReset(t *testing.T) {
 		cfg.Kprobes = KprobesOff
 	}
 	pair := testutil.NewVethPair(t)
-	var ln net.Listener
-	if err := testutil.InNetNS(pair.Client, func() (err error) {
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := testutil.ListenIn(t, pair.Client)
 	p := openOnLoopbackKprobes(t, pair.Client, ln.Addr().(*net.TCPAddr).Port, cfg)
 	attached := false
 	for _, h := range p.Hooks() {

@@ -25,9 +25,11 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/icapwatch/icapwatch/icap"
+	"github.com/icapwatch/icapwatch/internal/testutil"
 )
 
 // ErrNotInstalled says that c-icap or its echo service is missing: the
@@ -354,4 +356,25 @@ func (s *Server) Stop() error {
 		return fmt.Errorf("c-icap process group %d still alive", pid)
 	}
 	return nil
+}
+
+// StartTest starts an instance in a directory of the test's, stopped when
+// the test ends; where c-icap is not installed, the test is skipped (or
+// fails where privileged tests are required).
+func StartTest(t testing.TB, cfg Config) *Server {
+	t.Helper()
+	cfg.Dir = t.TempDir()
+	s, err := Start(cfg)
+	if errors.Is(err, ErrNotInstalled) {
+		testutil.SkipOrFail(t, "%v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
 }

@@ -2,34 +2,12 @@ package cicap
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/icapwatch/icapwatch/icap"
-	"github.com/icapwatch/icapwatch/internal/testutil"
 )
-
-// start runs an instance for the test, or skips (fails where privileged
-// tests are required) when c-icap is not installed.
-func start(t *testing.T, cfg Config) *Server {
-	t.Helper()
-	cfg.Dir = t.TempDir()
-	s, err := Start(cfg)
-	if errors.Is(err, ErrNotInstalled) {
-		testutil.SkipOrFail(t, "%v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
-}
 
 // The instance answers over the TLS version it is given, closes idle
 // connections itself after its idle time, and leaves no process behind.
@@ -40,7 +18,7 @@ func TestInstance(t *testing.T) {
 		want  uint16
 	}{{"tls13", false, 0x0304}, {"tls12", true, 0x0303}} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := start(t, Config{Workers: 2, KeepAlive: time.Second, Timeout: time.Second, TLS12: tc.tls12})
+			s := StartTest(t, Config{Workers: 2, KeepAlive: time.Second, Timeout: time.Second, TLS12: tc.tls12})
 			closed := make(chan icap.CloseInfo, 1)
 			c, err := icap.NewClient(icap.Config{Target: s.Target(), CAFile: s.CAFile(), MaxIdle: time.Minute,
 				Observer: &icap.Observer{ConnClosed: func(_ icap.ConnInfo, ci icap.CloseInfo) { closed <- ci }}})

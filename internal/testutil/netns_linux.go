@@ -113,3 +113,18 @@ func (d NSDialer) DialContext(ctx context.Context, network, addr string) (net.Co
 	})
 	return c, err
 }
+
+// ListenIn listens on a free port of 127.0.0.1 in the network namespace
+// ns; the listener is closed when the test ends.
+func ListenIn(t testing.TB, ns netns.NsHandle) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	if err := InNetNS(ns, func() (err error) {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
