@@ -205,17 +205,25 @@ type frame struct {
 	data []byte
 }
 
-func readFrames(t *testing.T, name string) []frame {
+// openCapture reads a pcap of testdata/captures, closed when the test
+// ends.
+func openCapture(t *testing.T, name string) *pcapgo.Reader {
 	t.Helper()
 	f, err := os.Open(filepath.Join("testdata", "captures", name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	r, err := pcapgo.NewReader(f)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+func readFrames(t *testing.T, name string) []frame {
+	t.Helper()
+	r := openCapture(t, name)
 	var frames []frame
 	for {
 		data, ci, err := r.ReadPacketData()

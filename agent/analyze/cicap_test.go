@@ -2,13 +2,10 @@ package analyze
 
 import (
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/icapwatch/icapwatch/agent/correlate"
 )
 
@@ -90,15 +87,7 @@ func TestAnalyzeCICapSeed(t *testing.T) {
 // without the analysis.
 func accepted(t *testing.T, name string) []netip.AddrPort {
 	t.Helper()
-	f, err := os.Open(filepath.Join("testdata", "captures", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := openCapture(t, name)
 	var syns []netip.AddrPort
 	answered := map[netip.AddrPort]bool{}
 	src := gopacket.NewPacketSource(r, r.LinkType())
