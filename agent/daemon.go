@@ -330,7 +330,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Unlock()
 	tick := time.NewTimer(time.Until(next))
 	defer tick.Stop()
-	var lost, late uint64
+	var lost, late, otherNetns uint64
 	// sock_diag dumps every TCP socket of the host: as the source it runs
 	// every sweep; beside the kernel probes (seeding, unacked, unread) a
 	// slower pace will do, which matters with tens of thousands of sockets.
@@ -386,6 +386,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 					if st.EventsLate > late {
 						d.m.EventsLate.WithLabelValues(SourceBPF).Add(float64(st.EventsLate - late))
 						late = st.EventsLate
+					}
+					if st.OtherNetns > otherNetns {
+						d.m.KernelOtherNetns.Add(float64(st.OtherNetns - otherNetns))
+						otherNetns = st.OtherNetns
 					}
 				}
 			}

@@ -333,11 +333,13 @@ func checkConnection(t *testing.T, evs []Event, traces []*icap.Trace) {
 	t.Helper()
 	var requests [][]Event // exchange_start .. answer of each request exchange
 	var synSent *Event
-	var clientClose bool
+	var clientClose, serverEstablished bool
 	for i, ev := range evs {
 		switch {
 		case ev.Type == evState && ev.OldState == tcpSynSent && ev.NewState == tcpEstablished:
 			synSent = &evs[i]
+		case ev.Type == evState && ev.Dir == dirToClient && ev.NewState == tcpEstablished:
+			serverEstablished = true
 		case ev.Type == evExchangeStart && ev.Phase == phaseRequest:
 			requests = append(requests, []Event{ev})
 		case (ev.Type == evFIN || ev.Type == evRST) && ev.Dir == dirToServer:
@@ -352,6 +354,11 @@ func checkConnection(t *testing.T, evs []Event, traces []*icap.Trace) {
 	}
 	if !clientClose {
 		t.Error("no FIN or RST from the client")
+	}
+	// The server's socket is in a namespace of its own; its traffic
+	// crosses the watched interface, so its states are the flow's.
+	if !serverEstablished {
+		t.Error("no ESTABLISHED event of the server's socket, in the other namespace")
 	}
 	if len(requests) != len(traces) {
 		t.Fatalf("%d request exchanges, want %d", len(requests), len(traces))

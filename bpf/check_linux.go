@@ -87,14 +87,21 @@ func (r *Report) checkTracefs() {
 
 // checkBTF reports the kernel BTF the kprobes would take their struct
 // offsets from, found by search as the loader finds it: the file, or why
-// there is none that serves.
+// there is none that serves; and whether the socket hooks can tell the
+// network namespaces of sockets apart with it.
 func (r *Report) checkBTF(search func() (*btf.Spec, string, error)) {
 	spec, from, err := search()
 	if err != nil {
 		r.add("btf", false, true, fmt.Sprintf("no kernel BTF: the kprobes cannot find their struct offsets (%v)", err))
+		r.add("netns", false, true, "no kernel BTF: flows of other network namespaces with the same addresses are not told apart")
 		return
 	}
 	var c icapwatchConfig
+	if err := netnsOffsets(spec, &c); err != nil {
+		r.add("netns", false, true, fmt.Sprintf("%s: %v: flows of other network namespaces with the same addresses are not told apart", from, err))
+	} else {
+		r.add("netns", true, true, "sockets' network namespaces from "+from)
+	}
 	if err := kprobeOffsets(spec, &c); err != nil {
 		r.add("btf", false, true, fmt.Sprintf("%s: the kprobes cannot find their struct offsets: %v", from, err))
 		return

@@ -139,7 +139,11 @@ type Stats struct {
 	EventsLate   uint64 // returned after a later event (perf buffer, see EventReader.Read); not lost
 	Tracepoint   uint64
 	Kprobe       uint64
-	Flows        int // entries in the flow table now
+	// OtherNetns: socket events left out as another network namespace's
+	// flow, which TC does not see, or which another namespace's socket
+	// with the same addresses holds.
+	OtherNetns uint64
+	Flows      int // entries in the flow table now
 	// FlowEvictions estimates the LRU's silent evictions: flows created
 	// and neither deleted nor still in the table.
 	FlowEvictions uint64

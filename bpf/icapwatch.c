@@ -97,6 +97,7 @@ struct flow {
 	__u32 pend_end[2];
 	__u32 ex_seq;
 	__u32 ex_bytes;
+	__u32 ns[2];       /* by direction: the namespace of the socket that sends it */
 	__u8 ex;
 	__u8 phase;
 	__u8 acked;
@@ -847,6 +848,58 @@ static __always_inline void event_key(const struct event *ev, struct flow_key *k
 	key->family = ev->family;
 }
 
+static __always_inline int loopback(const struct event *ev)
+{
+	const __u8 *a = ev->server;
+
+	if (ev->family == AF_INET)
+		return a[0] == 127 || ev->client[0] == 127;
+	/* ::1 (the client is on the same host: it is ::1 too) */
+	return !(a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] | a[10] |
+		 a[11] | a[12] | a[13] | a[14]) && a[15] == 1;
+}
+
+/*
+ * Whether an event of socket sk (its tuple and dir filled) is of a flow the
+ * TC programs see, and is that flow's. The tracepoints and kprobes see the
+ * sockets of every network namespace; the TC programs only the traffic on
+ * the interfaces of theirs. A socket of another namespace is followed only
+ * when TC has its flow (a pod's traffic crossing a watched veth), never on
+ * loopback, which stays in its namespace. Each end of a flow belongs to the
+ * first namespace whose socket spoke for it, so that two namespaces using
+ * the same addresses (127.0.0.1 in two pods) are never mixed. Without the
+ * offsets (no BTF) every socket counts, as the tuple alone says.
+ */
+static __always_inline int netns_flow(const struct config *cfg, __u64 sk, const struct event *ev)
+{
+	struct flow_key key = {};
+	struct flow *f;
+	__u64 net = 0;
+	__u32 ns = 0, *owner;
+
+	if (cfg->sk_net == OFF_NONE || cfg->net_inum == OFF_NONE || !sk)
+		return 1;
+	read_field(&net, 8, (void *)sk, cfg->sk_net);
+	if (net)
+		read_field(&ns, 4, (void *)net, cfg->net_inum);
+	if (!ns)
+		return 1;
+	event_key(ev, &key);
+	f = bpf_map_lookup_elem(&flows, &key);
+	if (ns != cfg->netns && (!f || loopback(ev)))
+		goto other;
+	if (!f)
+		return 1;
+	owner = &f->ns[ev->dir & 1];
+	if (*owner && *owner != ns)
+		goto other;
+	*owner = ns;
+	return 1;
+other:
+	count(CNT_OTHER_NETNS);
+	return 0;
+}
+
 static __always_inline void current_task(struct event *ev)
 {
 	ev->pid = bpf_get_current_pid_tgid() >> 32;
@@ -930,7 +983,7 @@ int icapwatch_state(void *ctx)
 	 * 0 would never close. The owner waits for the socket's next state,
 	 * which has the port.
 	 */
-	if (ev->client_port == 0)
+	if (ev->client_port == 0 || !netns_flow(cfg, ev->skaddr, ev))
 		return 0;
 	event_key(ev, &si.key);
 	si.dir = ev->dir;
@@ -961,7 +1014,8 @@ int icapwatch_retransmit(void *ctx)
 	struct config *cfg = bpf_map_lookup_elem(&config_map, &zero);
 	struct scratch *sc = get_scratch();
 
-	if (!cfg || !sc || !tracepoint_tuple(ctx, &cfg->rt, &sc->ev))
+	if (!cfg || !sc || !tracepoint_tuple(ctx, &cfg->rt, &sc->ev) ||
+	    !netns_flow(cfg, sc->ev.skaddr, &sc->ev))
 		return 0;
 	sc->ev.type = EV_TCP_RETRANSMIT;
 	emit(ctx, &sc->ev);
@@ -1071,6 +1125,8 @@ static __always_inline int app_event(void *ctx, __u8 type)
 	ev->type = type;
 	ev->hook = HOOK_KPROBE;
 	ev->dir = watched(rport) ? DIR_TO_SERVER : DIR_TO_CLIENT;
+	if (!netns_flow(cfg, sk, ev))
+		return 0;
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->skaddr = sk;
 	ev->len = (__u32)size;

@@ -78,7 +78,8 @@ enum counter {
 	CNT_EVENTS_LOST = 7,   /* the output buffer refused an event */
 	CNT_TRACEPOINT = 8,    /* tracepoint hits on watched ports */
 	CNT_KPROBE = 9,        /* kprobe hits on watched ports */
-	CNT_MAX = 10,
+	CNT_OTHER_NETNS = 10,  /* socket events dropped: another namespace's flow */
+	CNT_MAX = 11,
 };
 
 /*
@@ -157,6 +158,15 @@ struct config {
 	__u16 sk_v6_daddr;
 	__u16 sk_v6_rcv_saddr;
 	__u16 sk_state;
+	/*
+	 * A socket's network namespace: struct sock_common's skc_net (a
+	 * struct net pointer) and struct net's ns.inum, from the kernel's
+	 * BTF; OFF_NONE where it has none. netns is the inode of the
+	 * namespace the TC programs watch, the loader's own.
+	 */
+	__u16 sk_net;
+	__u16 net_inum;
+	__u32 netns;
 };
 
 #endif

@@ -34,6 +34,10 @@ type icapwatchConfig struct {
 	SkV6Daddr    uint16
 	SkV6RcvSaddr uint16
 	SkState      uint16
+	SkNet        uint16
+	NetInum      uint16
+	_            [2]byte
+	Netns        uint32
 }
 
 type icapwatchCounter uint32
@@ -49,7 +53,8 @@ const (
 	icapwatchCounterCNT_EVENTS_LOST   icapwatchCounter = 7
 	icapwatchCounterCNT_TRACEPOINT    icapwatchCounter = 8
 	icapwatchCounterCNT_KPROBE        icapwatchCounter = 9
-	icapwatchCounterCNT_MAX           icapwatchCounter = 10
+	icapwatchCounterCNT_OTHER_NETNS   icapwatchCounter = 10
+	icapwatchCounterCNT_MAX           icapwatchCounter = 11
 )
 
 type icapwatchDirection uint32
@@ -140,6 +145,7 @@ type icapwatchFlow struct {
 	PendEnd      [2]uint32
 	ExSeq        uint32
 	ExBytes      uint32
+	Ns           [2]uint32
 	Ex           uint8
 	Phase        uint8
 	Acked        uint8

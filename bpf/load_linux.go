@@ -67,6 +67,10 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 	if why, ok := missing[HookSendLength]; ok {
 		p.addHook(HookStatus{Name: HookSendLength, Optional: true, Error: why})
 	}
+	if why := netnsSettings(&settings); why != "" {
+		// Flows are then told apart by their addresses alone, as before.
+		log.Warn("sockets of other network namespaces are not told apart", "reason", why)
+	}
 	kprobes := cfg.Kprobes != KprobesOff
 	if kprobes && !opts.verifyKprobes {
 		if from, reason := kprobeSettings(&settings); reason != "" {

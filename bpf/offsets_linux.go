@@ -173,6 +173,64 @@ func kprobeOffsets(spec *btf.Spec, c *icapwatchConfig) error {
 	return nil
 }
 
+// netnsSettings fills where a socket's network namespace is (struct
+// sock_common's skc_net, a possible_net_t holding a struct net pointer,
+// and struct net's ns.inum) and the inode of this thread's namespace,
+// the one whose interfaces the TC programs watch. Without them, it says
+// why, and the socket hooks take every namespace's sockets for one.
+func netnsSettings(c *icapwatchConfig) (reason string) {
+	c.SkNet, c.NetInum, c.Netns = offNone, offNone, 0
+	spec, from, err := kernelBTF()
+	if err != nil {
+		return fmt.Sprintf("no kernel BTF for a socket's network namespace: %v", err)
+	}
+	if err := netnsOffsets(spec, c); err != nil {
+		return fmt.Sprintf("kernel BTF at %s: %v", from, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		c.SkNet, c.NetInum = offNone, offNone
+		return fmt.Sprintf("own network namespace: %v", err)
+	}
+	c.Netns = uint32(st.Ino)
+	return ""
+}
+
+// netnsOffsets finds the two offsets of netnsSettings in the kernel's BTF.
+func netnsOffsets(spec *btf.Spec, c *icapwatchConfig) error {
+	skNet, err := memberPath(spec, "sock_common", "skc_net", "net")
+	if err != nil {
+		return err
+	}
+	inum, err := memberPath(spec, "net", "ns", "inum")
+	if err != nil {
+		return err
+	}
+	c.SkNet, c.NetInum = skNet, inum
+	return nil
+}
+
+// memberPath is the byte offset of a member inside a member of a struct
+// (typ.outer.inner), through the outer member's type and its typedefs.
+func memberPath(spec *btf.Spec, typ, outer, inner string) (uint16, error) {
+	var s *btf.Struct
+	if err := spec.TypeByName(typ, &s); err != nil {
+		return 0, fmt.Errorf("kernel BTF: struct %s: %w", typ, err)
+	}
+	m, off, ok := findMember(s.Members, outer, 0)
+	if !ok {
+		return 0, fmt.Errorf("kernel BTF: struct %s has no member %s", typ, outer)
+	}
+	in, ok := btf.UnderlyingType(m.Type).(*btf.Struct)
+	if !ok {
+		return 0, fmt.Errorf("kernel BTF: %s.%s is not a struct", typ, outer)
+	}
+	if _, off, ok = findMember(in.Members, inner, off); !ok {
+		return 0, fmt.Errorf("kernel BTF: %s.%s has no member %s", typ, outer, inner)
+	}
+	return uint16(off / 8), nil
+}
+
 // kernelBTF loads the running kernel's BTF and says from which file:
 // /sys/kernel/btf/vmlinux, else a vmlinux carrying BTF where libbpf and
 // cilium/ebpf's btf.LoadKernelSpec look for one (kernels built without
@@ -260,30 +318,32 @@ func memberOffset(spec *btf.Spec, typ, member string) (uint16, error) {
 	if err := spec.TypeByName(typ, &s); err != nil {
 		return 0, fmt.Errorf("kernel BTF: struct %s: %w", typ, err)
 	}
-	if off, ok := findMember(s.Members, member, 0); ok {
+	if _, off, ok := findMember(s.Members, member, 0); ok {
 		return uint16(off / 8), nil
 	}
 	return 0, fmt.Errorf("kernel BTF: struct %s has no member %s", typ, member)
 }
 
-func findMember(members []btf.Member, name string, base btf.Bits) (btf.Bits, bool) {
+// findMember finds a member by name, looking into anonymous unions and
+// structs, and returns it with its offset from base.
+func findMember(members []btf.Member, name string, base btf.Bits) (btf.Member, btf.Bits, bool) {
 	for _, m := range members {
 		if m.Name == name {
-			return base + m.Offset, true
+			return m, base + m.Offset, true
 		}
 		if m.Name != "" {
 			continue
 		}
+		var inner []btf.Member
 		switch t := btf.UnderlyingType(m.Type).(type) {
 		case *btf.Struct:
-			if off, ok := findMember(t.Members, name, base+m.Offset); ok {
-				return off, true
-			}
+			inner = t.Members
 		case *btf.Union:
-			if off, ok := findMember(t.Members, name, base+m.Offset); ok {
-				return off, true
-			}
+			inner = t.Members
+		}
+		if found, off, ok := findMember(inner, name, base+m.Offset); ok {
+			return found, off, true
 		}
 	}
-	return 0, false
+	return btf.Member{}, 0, false
 }

@@ -21,6 +21,7 @@ func (s *Stats) counters() [icapwatchCounterCNT_MAX]*uint64 {
 		icapwatchCounterCNT_EVENTS_LOST:   &s.EventsLost,
 		icapwatchCounterCNT_TRACEPOINT:    &s.Tracepoint,
 		icapwatchCounterCNT_KPROBE:        &s.Kprobe,
+		icapwatchCounterCNT_OTHER_NETNS:   &s.OtherNetns,
 	}
 }
 

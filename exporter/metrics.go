@@ -47,6 +47,7 @@ type Metrics struct {
 	FlowEvictionsOpenExchange prometheus.Counter
 	ClientOverflows           prometheus.Counter   // connections labelled client="other"
 	KernelFlowEvictions       prometheus.Counter   // estimated from the kernel's counters
+	KernelOtherNetns          prometheus.Counter   // socket events of flows of other network namespaces, left out
 	HookAttached              *prometheus.GaugeVec // hook
 	BuildInfo                 *prometheus.GaugeVec // version, goversion
 }
@@ -151,6 +152,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Connections labelled client=\"other\": max-clients process names had labels of their own."}),
 		KernelFlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("kernel_flow_evictions_total"),
 			Help: "Flows the kernel's flow table (max-flows entries) dropped to make room, estimated from its counters."}),
+		KernelOtherNetns: prometheus.NewCounter(prometheus.CounterOpts{Name: name("kernel_other_netns_events_total"),
+			Help: "Socket events (TCP states, retransmits, reads and writes) left out as another network namespace's: of a flow the TC programs do not see (loopback there, or traffic on no watched interface), or of a flow that a socket of another namespace with the same addresses holds."}),
 		HookAttached: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("kernel_hook_attached"),
 			Help: "1 when the kernel hook is attached."}, []string{"hook"}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("build_info"),
@@ -164,7 +167,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.ProbeSuccess, m.ProbePhase, m.ProbeFailures, m.PoolConnections,
 			m.PoolExhausted, m.Events, m.EventsLost, m.EventsLate, m.Source, m.FlowEvictions,
 			m.FlowEvictionsOpenExchange, m.ClientOverflows,
-			m.KernelFlowEvictions, m.HookAttached, m.BuildInfo)
+			m.KernelFlowEvictions, m.KernelOtherNetns, m.HookAttached, m.BuildInfo)
 	}
 	return m
 }
