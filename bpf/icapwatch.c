@@ -624,7 +624,7 @@ static __always_inline int classify(struct __sk_buff *skb, __u8 hook)
 	struct event *ev;
 	__u64 now, start_ns;
 	__u32 owner;
-	__u8 dir = 0, bit;
+	__u8 dir = 0, bit, other;
 	int ret;
 
 	ret = parse(skb, &key, &s, &dir);
@@ -664,12 +664,25 @@ static __always_inline int classify(struct __sk_buff *skb, __u8 hook)
 
 	if (s.flags & TH_RST) {
 		/*
+		 * The server's reset to the client's SYN, before a SYN-ACK or
+		 * a byte of its own, refused the connect: no connection closed.
+		 */
+		if (dir == DIR_TO_CLIENT && !f->midstream && !(f->known & 2))
+			return TC_ACT_UNSPEC;
+		/*
 		 * A reset right behind a held record ends that side's stream as a
 		 * FIN would: a server that closes with the peer's close_notify
 		 * unread resets instead of sending its FIN. The flow stays (the
 		 * socket's CLOSE or the LRU removes it), so that the reset's
-		 * second sighting is known for one.
+		 * second sighting is known for one. A record the other side
+		 * holds then, unanswered, was its close_notify too: TLS 1.3
+		 * answers a close_notify with one, and this reset ends that
+		 * exchange before the other side's FIN (c-icap resets with the
+		 * client's close_notify unread). Each alert has its record's time.
 		 */
+		other = (dir & 1) ^ 1;
+		if ((f->pend & bit) && f->pend_end[dir & 1] == s.seq && (f->pend & (1 << other)))
+			held_close_notify(skb, f, &key, ev, other, hook, now, f->pend_end[other], 0);
 		held_close_notify(skb, f, &key, ev, dir, hook, now, s.seq, s.ack);
 		packet_event(ev, &key, EV_RST, dir, hook, skb->ifindex, now, s.seq, s.ack, s.len);
 		ev->flags = flow_flags(f);

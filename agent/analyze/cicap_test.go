@@ -2,6 +2,7 @@ package analyze
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/gopacket/gopacket"
@@ -20,7 +21,7 @@ func TestAnalyzeCICapSeed(t *testing.T) {
 		version string
 	}{{"cicap-seed-tls13.pcap", "1.3?"}, {"cicap-seed-tls12.pcap", "1.2"}} {
 		t.Run(tc.file, func(t *testing.T) {
-			conns := accepted(t, tc.file)
+			conns, refused := accepted(t, tc.file)
 			if len(conns) != 4 {
 				t.Fatalf("the capture has %d accepted connections %v, want the readiness check's and the seed's 3", len(conns), conns)
 			}
@@ -69,23 +70,38 @@ func TestAnalyzeCICapSeed(t *testing.T) {
 					t.Errorf("%s: closes %v, want one by the server", c, cl)
 				}
 			}
-			// The readiness check's connection, which the client closed.
-			// On TLS 1.3 its close_notify is followed by c-icap's reset,
-			// not by its own FIN: the length rule cannot take it for one,
-			// and c-icap's answering close_notify looks first.
-			if tc.version == "1.2" {
-				if cl := of(correlate.KindClose, ready); len(cl) != 1 || cl[0].Field("initiator") != "client" {
-					t.Errorf("the readiness check's connection %s: closes %v, want one by the client", ready, cl)
+			// A connect c-icap refused while it started is no close.
+			if len(refused) == 0 {
+				t.Error("the capture has no refused connect")
+			}
+			for _, c := range refused {
+				if cl := of(correlate.KindClose, c); len(cl) != 0 {
+					t.Errorf("the refused connect from %s: closes %v, want none", c, cl)
 				}
+			}
+			// The readiness check's connection, which the client closed.
+			// On TLS 1.3 its close_notify is followed by c-icap's own and
+			// a reset, not by the client's FIN: that reset proves both.
+			if cl := of(correlate.KindClose, ready); len(cl) != 1 || cl[0].Field("initiator") != "client" {
+				t.Errorf("the readiness check's connection %s: closes %v, want one by the client", ready, cl)
+			}
+			var clientAlerts int
+			for _, e := range of(correlate.KindTLSAlert, ready) {
+				if e.Field("direction") == "client" {
+					clientAlerts++
+				}
+			}
+			if clientAlerts != 1 {
+				t.Errorf("the readiness check's connection %s: %d client alerts, want its close_notify", ready, clientAlerts)
 			}
 		})
 	}
 }
 
 // accepted lists the connections to port 21344 whose SYN the server
-// answered, in the order of their SYNs: the capture's own account, read
-// without the analysis.
-func accepted(t *testing.T, name string) []netip.AddrPort {
+// answered, in the order of their SYNs, and those it refused: the
+// capture's own account, read without the analysis.
+func accepted(t *testing.T, name string) (accepted, refused []netip.AddrPort) {
 	t.Helper()
 	r := openCapture(t, name)
 	var syns []netip.AddrPort
@@ -106,11 +122,12 @@ func accepted(t *testing.T, name string) []netip.AddrPort {
 			answered[netip.AddrPortFrom(a, uint16(tcp.DstPort))] = true
 		}
 	}
-	var out []netip.AddrPort
 	for _, c := range syns {
 		if answered[c] {
-			out = append(out, c)
+			accepted = append(accepted, c)
+		} else if !slices.Contains(refused, c) {
+			refused = append(refused, c)
 		}
 	}
-	return out
+	return accepted, refused
 }

@@ -224,11 +224,20 @@ func (t *Tracker) Packet(p Packet, out func(observe.Observation)) {
 	e := emitter{key: key, dir: dir, now: now, out: out}
 
 	if s.flags&thRST != 0 {
+		f.reset = true
+		if dir == observe.ToClient && !f.midstream && !f.known[1] {
+			return // a refused connect, no close (see classify)
+		}
 		// A reset right behind a held record ends that side's stream as
-		// a FIN would (see held_close_notify).
+		// a FIN would, and proves a record the other side holds its
+		// close_notify too (see classify).
+		if other := 1 - d; f.pend[d] && f.pendEnd[d] == s.seq && f.pend[other] {
+			oe := e
+			oe.dir = observe.Direction(other)
+			t.heldCloseNotify(f, &oe, f.pendEnd[other], 0)
+		}
 		t.heldCloseNotify(f, &e, s.seq, s.ack)
 		e.emit(observe.RST, dir, now, s.seq, s.ack, s.len, t.flowFlags(f))
-		f.reset = true
 		return
 	}
 	if s.flags&thSYN != 0 {

@@ -216,6 +216,26 @@ func ClassifierCases() []Case {
 			},
 		},
 		{
+			// The client closes first (a pool dropping an idle
+			// connection); the server answers with its close_notify and,
+			// the client's unread, a reset: no FIN of the client's ever
+			// proves its record, the reset proves both. The client's
+			// alert comes first, each with its record's time.
+			Name: "tls13 client close_notify, the server's close_notify and reset",
+			Steps: NewConn(Cli4, Srv4).Client(ACK|PSH, TLSRecord(0x17, 300)).
+				Server(ACK|PSH, TLSRecord(0x17, 200)).
+				Client(ACK|PSH, TLSRecord(0x17, 19)).
+				Server(ACK|PSH, TLSRecord(0x17, 19)).
+				Server(RST|ACK, nil).Steps,
+			Want: []Want{
+				{Type: start, Dir: toServer, Phase: request},
+				{Type: answer, Dir: toClient, Phase: request},
+				{Type: "EV_TLS_ALERT", Dir: toServer, Flags: "EVF_PROBABLE"},
+				{Type: "EV_TLS_ALERT", Dir: toClient, Flags: "EVF_PROBABLE"},
+				{Type: "EV_RST", Dir: toClient},
+			},
+		},
+		{
 			// Only a side's own reset ends its stream, and only right
 			// behind the record: the peer's reset, or one further on,
 			// proves nothing of it.
@@ -252,6 +272,17 @@ func ClassifierCases() []Case {
 			Name:  "a SYN alone says nothing",
 			Steps: NewConn(Cli4, Srv4).Client(SYN, nil).Steps,
 			Want:  nil,
+		},
+		{
+			// The client's later states say it failed; it is no close.
+			Name:  "a reset answering the SYN is a refused connect, not a close",
+			Steps: NewConn(Cli4, Srv4).Client(SYN, nil).Server(RST|ACK, nil).Steps,
+			Want:  nil,
+		},
+		{
+			Name: "a reset after the server's SYN-ACK is a close",
+			Steps: NewConn(Cli4, Srv4).Client(SYN, nil).Server(SYN|ACK, nil).Server(RST, nil).Steps,
+			Want:  []Want{{Type: "EV_RST", Dir: toClient}},
 		},
 		{
 			Name: "retransmissions",
