@@ -280,7 +280,7 @@ func ClassifierCases() []Case {
 			Want:  nil,
 		},
 		{
-			Name: "a reset after the server's SYN-ACK is a close",
+			Name:  "a reset after the server's SYN-ACK is a close",
 			Steps: NewConn(Cli4, Srv4).Client(SYN, nil).Server(SYN|ACK, nil).Server(RST, nil).Steps,
 			Want:  []Want{{Type: "EV_RST", Dir: toClient}},
 		},
