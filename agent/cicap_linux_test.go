@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -12,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/icapwatch/icapwatch/agent/correlate"
 	"github.com/icapwatch/icapwatch/icap"
 	"github.com/icapwatch/icapwatch/internal/cicap"
@@ -312,7 +316,12 @@ func waitCond(t *testing.T, bound time.Duration, what string, cond func() bool) 
 
 // pollUntil polls cond until it holds, for up to bound.
 func pollUntil(bound time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(bound); !cond(); time.Sleep(50 * time.Millisecond) {
+	return pollEvery(bound, 50*time.Millisecond, cond)
+}
+
+// pollEvery is pollUntil at another pace.
+func pollEvery(bound, every time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(bound); !cond(); time.Sleep(every) {
 		if time.Now().After(deadline) {
 			return false
 		}
@@ -588,6 +597,15 @@ type loCapture struct {
 
 	mu   sync.Mutex
 	segs []wireSegment
+	// frames are the kept frames themselves, for analyze (pcap).
+	frames []wireFrame
+}
+
+// wireFrame is one kept frame as the packet socket read it: Ethernet
+// (lo's addresses are zeros), with the kernel's timestamp.
+type wireFrame struct {
+	at   time.Time
+	data []byte
 }
 
 // wireSegment is one TCP segment of a connection to the port.
@@ -697,6 +715,7 @@ func (c *loCapture) read() {
 		seg.at = packetTime(oob[:oobn])
 		c.mu.Lock()
 		c.segs = append(c.segs, seg)
+		c.frames = append(c.frames, wireFrame{at: seg.at, data: bytes.Clone(buf[:n])})
 		c.mu.Unlock()
 	}
 }
@@ -759,6 +778,29 @@ func parseSegment(b []byte, server netip.AddrPort) (wireSegment, bool) {
 		at += 5 + length
 	}
 	return s, true
+}
+
+// pcap writes the frames so far as a pcap file (Ethernet, nanosecond
+// timestamps), in the order the socket read them, as a capture tool
+// writes them: each packet once, as it left.
+func (c *loCapture) pcap(t *testing.T) *bytes.Buffer {
+	t.Helper()
+	c.mu.Lock()
+	frames := slices.Clone(c.frames)
+	c.mu.Unlock()
+	var buf bytes.Buffer
+	w := pcapgo.NewWriterNanos(&buf)
+	// The socket's filter keeps up to 1<<18 bytes of a frame (wireFilter).
+	if err := w.WriteFileHeader(1<<18, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range frames {
+		ci := gopacket.CaptureInfo{Timestamp: f.at, CaptureLength: len(f.data), Length: len(f.data)}
+		if err := w.WritePacket(ci, f.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &buf
 }
 
 // drops is how many packets the socket could not keep.

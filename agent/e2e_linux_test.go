@@ -253,6 +253,15 @@ func startDaemon(t *testing.T, cfg DaemonConfig) string {
 // runDaemon is startDaemon that also returns the agent.
 func runDaemon(t *testing.T, cfg DaemonConfig) (*Daemon, string) {
 	t.Helper()
+	d, base := launchDaemon(t, cfg)
+	waitReady(t, base)
+	return d, base
+}
+
+// launchDaemon runs the agent until the test ends and returns its base
+// URL as soon as it listens, before it is ready.
+func launchDaemon(t *testing.T, cfg DaemonConfig) (*Daemon, string) {
+	t.Helper()
 	d, err := NewDaemon(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -271,9 +280,14 @@ func runDaemon(t *testing.T, cfg DaemonConfig) (*Daemon, string) {
 			t.Error("agent did not stop within 5s")
 		}
 	})
-	base := "http://" + (<-d.Addr()).String()
-	waitReady(t, base)
-	return d, base
+	select {
+	case addr := <-d.Addr():
+		return d, "http://" + addr.String()
+	case err := <-done:
+		done <- err // for the cleanup
+		t.Fatalf("agent: %v", err)
+		return nil, ""
+	}
 }
 
 func waitReady(t *testing.T, base string) {

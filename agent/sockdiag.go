@@ -28,12 +28,17 @@ type Socket struct {
 }
 
 // diagTracker turns successive sock_diag snapshots into observations.
-// With the kernel source it only seeds flows and reports queues; as the
-// fallback source it also finds exchanges, with the resolution of the
-// polling interval: a request is open while this host sent data more
-// recently than it received any.
+// With the kernel source it only seeds flows (a socket's first sight)
+// and reports queues: the kernel tells every state change and FIN as it
+// happens, and a poll's view of a close, stamped when the poll ran,
+// reaches the correlator before the kernel's events of that close, which
+// come up to the reader's lag later; taken first, it lost or misdated
+// closes. As the fallback source it also tells state changes, FINs and
+// sockets gone, and finds exchanges, with the resolution of the polling
+// interval: a request is open while this host sent data more recently
+// than it received any.
 type diagTracker struct {
-	exchanges bool // the fallback source: derive exchanges too
+	source bool // the fallback source, no kernel probes beside it
 	// known holds each socket's state by value: a hundred thousand
 	// sockets (twice that on loopback, where both ends are local) made
 	// this map a third of the agent's heap with a pointer and an
@@ -83,8 +88,8 @@ func finFrom(state observe.TCPState) (own, peer bool) {
 	return false, false
 }
 
-func newDiagTracker(exchanges bool) *diagTracker {
-	return &diagTracker{exchanges: exchanges, known: map[diagKey]diagState{}}
+func newDiagTracker(source bool) *diagTracker {
+	return &diagTracker{source: source, known: map[diagKey]diagState{}}
 }
 
 // update compares a snapshot taken at now with the previous ones and
@@ -101,8 +106,10 @@ func (d *diagTracker) update(now time.Time, sockets []Socket, out func(observe.O
 	for key, st := range d.known {
 		if st.seen != d.poll {
 			delete(d.known, key)
-			out(observe.Observation{Kind: observe.State, Source: observe.SourceSockDiag, Time: now,
-				Flow: key.flow, Dir: st.dir, OldState: st.state, NewState: observe.TCPClose})
+			if d.source {
+				out(observe.Observation{Kind: observe.State, Source: observe.SourceSockDiag, Time: now,
+					Flow: key.flow, Dir: st.dir, OldState: st.state, NewState: observe.TCPClose})
+			}
 		}
 	}
 }
@@ -121,6 +128,9 @@ func (d *diagTracker) socket(now time.Time, s *Socket, st *diagState, ok bool, o
 		o.Kind, o.OldState, o.NewState, o.PID, o.Comm = observe.State, 0, s.State, s.PID, s.Comm
 		o.Ref = now.Add(-min(s.SinceSent, s.SinceRecv))
 		out(o)
+	}
+	if st.state != s.State && !d.source {
+		st.state = s.State // the kernel tells the change
 	}
 	if st.state != s.State {
 		if st.state != 0 {
@@ -147,7 +157,7 @@ func (d *diagTracker) socket(now time.Time, s *Socket, st *diagState, ok bool, o
 			}
 		}
 	}
-	if d.exchanges && ok && s.Retrans > st.retrans {
+	if d.source && ok && s.Retrans > st.retrans {
 		// As the wire would show them: this end sent segments again.
 		// The count at first sight happened before we looked.
 		o := base
@@ -161,7 +171,7 @@ func (d *diagTracker) socket(now time.Time, s *Socket, st *diagState, ok bool, o
 		info.Kind, info.RQueue, info.Unacked, info.Retrans = observe.SocketInfo, s.RQueue, s.Unacked, s.Retrans
 		out(info)
 	}
-	if !d.exchanges || !s.ClientEnd {
+	if !d.source || !s.ClientEnd {
 		return
 	}
 	// Sent more recently than received; or, on a fresh connection, sent

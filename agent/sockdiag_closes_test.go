@@ -10,11 +10,12 @@ import (
 // After a restart sock_diag's first poll finds the connections that
 // closed before it in TIME_WAIT and the other closing states: they are
 // followed, and no close is counted or told for them. A connection seen
-// established that closes later counts once.
+// established that closes later counts once: beside the kernel probes,
+// as the kernel tells it; as the source, as sock_diag's states tell it.
 func TestDiagSeedingClosingSocketsCountsNoClose(t *testing.T) {
-	for _, exchanges := range []bool{false, true} { // beside the kernel probes, and as the source
+	for _, source := range []bool{false, true} { // beside the kernel probes, and as the source
 		h := newHarness(t)
-		d := newDiagTracker(exchanges)
+		d := newDiagTracker(source)
 		var socks []Socket
 		for i, st := range []observe.TCPState{observe.TCPTimeWait, observe.TCPFinWait1, observe.TCPFinWait2,
 			observe.TCPCloseWait, observe.TCPLastAck, observe.TCPClosing} {
@@ -36,6 +37,13 @@ func TestDiagSeedingClosingSocketsCountsNoClose(t *testing.T) {
 		h.wantMetric("icapwatch_connections", 1, map[string]string{"server": srvA.String(), "state": "established"})
 
 		socks[len(socks)-1].State = observe.TCPTimeWait
+		if !source {
+			// Beside the kernel probes, the kernel tells the close.
+			for i, dir := range []observe.Direction{observe.ToServer, observe.ToClient} {
+				h.observe(observe.Observation{Kind: observe.FIN, Source: observe.SourceKernel, Time: at(6 + 0.001*float64(i)),
+					Flow: flowA, Dir: dir})
+			}
+		}
 		poll(7)
 		poll(10)
 		h.wantKinds("close")

@@ -25,10 +25,10 @@ type SockDiag struct {
 	last     int                  // sockets in the last snapshot
 }
 
-// NewSockDiag watches the given ports. With exchanges, it is the fallback
-// source and derives exchanges from the sockets' timers.
-func NewSockDiag(ports []uint16, proc string, exchanges bool) *SockDiag {
-	d := &SockDiag{ports: map[uint16]bool{}, proc: proc, tracker: newDiagTracker(exchanges)}
+// NewSockDiag watches the given ports. As the source, it is the fallback
+// where no kernel probes run, and derives exchanges from the sockets' timers.
+func NewSockDiag(ports []uint16, proc string, source bool) *SockDiag {
+	d := &SockDiag{ports: map[uint16]bool{}, proc: proc, tracker: newDiagTracker(source)}
 	for _, p := range ports {
 		d.ports[p] = true
 	}
@@ -102,7 +102,7 @@ func (d *SockDiag) needWalk(sockets []Socket) bool {
 	if d.owners == nil {
 		return len(sockets) > 0
 	}
-	if !d.tracker.exchanges || time.Now().Before(d.nextWalk) {
+	if !d.tracker.source || time.Now().Before(d.nextWalk) {
 		return false
 	}
 	for _, s := range sockets {

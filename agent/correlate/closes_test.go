@@ -274,3 +274,28 @@ func TestHeldCloseWaitClosesOnce(t *testing.T) {
 		obs(observe.FIN, flowA, 401, fromDiag, fromClient).sweep(405)
 	h.wantKinds("close:server")
 }
+
+// A socket closed with data unread reaches CLOSE before the reset it
+// sends leaves; a sweep between the two, or a source that tells a socket
+// gone before the kernel's events of its close arrive, must not take the
+// close for one whose signals were never seen: the reset, when it comes,
+// is the close.
+func TestCloseSignalAfterTheSocketsClose(t *testing.T) {
+	for _, src := range []struct {
+		name string
+		opt  func(*observe.Observation)
+	}{{"kernel", func(*observe.Observation) {}}, {"sock_diag", fromDiag}} {
+		t.Run(src.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			h.obs(observe.State, flowA, 0, fromClient, state(observe.TCPSynSent, observe.TCPEstablished)).
+				obs(observe.ExchangeStart, flowA, 1).obs(observe.Answer, flowA, 1.1, fromServer).
+				obs(observe.State, flowA, 5, fromClient, src.opt, state(observe.TCPEstablished, observe.TCPClose)).
+				sweep(5.5).sweep(7).
+				obs(observe.RST, flowA, 5.0001, fromClient).sweep(8)
+			h.wantKinds("close:client")
+			if got := h.field(KindClose, "how"); got != "rst" {
+				t.Errorf("how %v, want rst", got)
+			}
+		})
+	}
+}

@@ -950,15 +950,15 @@ func (c *Correlator) noteClose(f *flow, dir observe.Direction, at instant) {
 }
 
 // reportClose emits the close event once: the side whose close signal
-// (alert, FIN or RST) came first closed the connection.
+// (alert, FIN or RST) came first closed the connection. A flow closed
+// without one (its socket's CLOSE, which on loopback comes before the
+// reset it sends) is not reported yet: its close signal may still be on
+// its way, and reports it; if none comes, who closed is unknown.
 func (c *Correlator) reportClose(f *flow) {
-	if f.is(flagCloseReported) {
+	if f.is(flagCloseReported) || firstOf(f.closeAt).IsZero() {
 		return
 	}
 	f.set(flagCloseReported, true)
-	if firstOf(f.closeAt).IsZero() {
-		return // gone without a FIN or RST seen (sock_diag): who closed is unknown
-	}
 	side, at := "client", f.closeAt[0]
 	if at.IsZero() || !f.closeAt[1].IsZero() && f.closeAt[1].Before(at) {
 		side, at = "server", f.closeAt[1]
