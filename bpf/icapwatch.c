@@ -861,13 +861,13 @@ static __always_inline void event_key(const struct event *ev, struct flow_key *k
 	key->family = ev->family;
 }
 
+/* A flow on loopback: 127.0.0.0/8, or ::1 (both ends are then ::1). */
 static __always_inline int loopback(const struct event *ev)
 {
 	const __u8 *a = ev->server;
 
 	if (ev->family == AF_INET)
 		return a[0] == 127 || ev->client[0] == 127;
-	/* ::1 (the client is on the same host: it is ::1 too) */
 	return !(a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] | a[10] |
 		 a[11] | a[12] | a[13] | a[14]) && a[15] == 1;
 }

@@ -67,13 +67,14 @@ func loadWith(cfg Config, opts loadOptions) (p *Probe, err error) {
 	if why, ok := missing[HookSendLength]; ok {
 		p.addHook(HookStatus{Name: HookSendLength, Optional: true, Error: why})
 	}
-	if why := netnsSettings(&settings); why != "" {
+	kernel := onceBTF()
+	if why := netnsSettings(&settings, kernel); why != "" {
 		// Flows are then told apart by their addresses alone, as before.
 		log.Warn("sockets of other network namespaces are not told apart", "reason", why)
 	}
 	kprobes := cfg.Kprobes != KprobesOff
 	if kprobes && !opts.verifyKprobes {
-		if from, reason := kprobeSettings(&settings); reason != "" {
+		if from, reason := kprobeSettings(&settings, kernel); reason != "" {
 			kprobes = false
 			p.addHook(HookStatus{Name: HookSendmsg, Optional: true, Error: reason})
 			p.addHook(HookStatus{Name: HookCleanupRbuf, Optional: true, Error: reason})

@@ -130,14 +130,14 @@ func containsInt(list []int, v int) bool {
 // kprobeSettings fills the pt_regs and sock_common offsets from the
 // kernel's BTF. It returns the file the BTF came from, or why kprobes
 // cannot run.
-func kprobeSettings(c *icapwatchConfig) (from, reason string) {
+func kprobeSettings(c *icapwatchConfig, loadBTF func() (*btf.Spec, string, error)) (from, reason string) {
 	c.KpArg1, c.KpArg2, c.KpArg3 = offNone, offNone, offNone
 	if _, err := os.Stat("/sys/bus/event_source/devices/kprobe"); err != nil {
 		if root, err := FindTracefs(); err != nil || !exists(root+"/kprobe_events") {
 			return "", "this kernel has no kprobes"
 		}
 	}
-	spec, from, err := kernelBTF()
+	spec, from, err := loadBTF()
 	if err != nil {
 		return "", fmt.Sprintf("no kernel BTF for struct sock_common offsets: %v", err)
 	}
@@ -178,9 +178,9 @@ func kprobeOffsets(spec *btf.Spec, c *icapwatchConfig) error {
 // and struct net's ns.inum) and the inode of this thread's namespace,
 // the one whose interfaces the TC programs watch. Without them, it says
 // why, and the socket hooks take every namespace's sockets for one.
-func netnsSettings(c *icapwatchConfig) (reason string) {
+func netnsSettings(c *icapwatchConfig, loadBTF func() (*btf.Spec, string, error)) (reason string) {
 	c.SkNet, c.NetInum, c.Netns = offNone, offNone, 0
-	spec, from, err := kernelBTF()
+	spec, from, err := loadBTF()
 	if err != nil {
 		return fmt.Sprintf("no kernel BTF for a socket's network namespace: %v", err)
 	}
@@ -229,6 +229,24 @@ func memberPath(spec *btf.Spec, typ, outer, inner string) (uint16, error) {
 		return 0, fmt.Errorf("kernel BTF: %s.%s has no member %s", typ, outer, inner)
 	}
 	return uint16(off / 8), nil
+}
+
+// onceBTF is kernelBTF, loaded at most once however often it is asked
+// for: the loader's settings take several things from it.
+func onceBTF() func() (*btf.Spec, string, error) {
+	var (
+		done bool
+		spec *btf.Spec
+		from string
+		err  error
+	)
+	return func() (*btf.Spec, string, error) {
+		if !done {
+			spec, from, err = kernelBTF()
+			done = true
+		}
+		return spec, from, err
+	}
 }
 
 // kernelBTF loads the running kernel's BTF and says from which file:

@@ -28,7 +28,7 @@ func TestFailedWriteAfterServerReset(t *testing.T) {
 	if root, err := FindTracefs(); err != nil || !exists(root+"/events/sock/sock_send_length") {
 		// Before 6.x: the kprobe, where the kernel has kprobes and BTF.
 		var c icapwatchConfig
-		if _, reason := kprobeSettings(&c); reason != "" {
+		if _, reason := kprobeSettings(&c, kernelBTF); reason != "" {
 			testutil.SkipOrFail(t, "neither sock:sock_send_length nor the tcp_sendmsg kprobe: %s", reason)
 			return
 		}
