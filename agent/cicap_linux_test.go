@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -303,6 +304,16 @@ func waitEnds(t *testing.T, s *cicap.Server, from time.Time, n int) []time.Time 
 		return len(ends) >= n
 	})
 	return ends
+}
+
+// cicapTLS is a TLS client's setting that trusts the instance.
+func cicapTLS(t *testing.T, srv *cicap.Server) *tls.Config {
+	t.Helper()
+	roots, err := icap.LoadCAFile(srv.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
 }
 
 // waitCond polls cond until it holds, and fails the test when it does

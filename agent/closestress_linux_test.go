@@ -3,14 +3,12 @@ package agent
 import (
 	"bufio"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -316,13 +314,7 @@ func runDaemonPolls(t *testing.T, cfg DaemonConfig) (*Daemon, string, daemonPoll
 // the test ends, if the test has not.
 func dialStress(t *testing.T, srv *cicap.Server, n int) []*stressConn {
 	t.Helper()
-	pem, err := os.ReadFile(srv.CAFile())
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(pem)
-	tcfg := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
+	tcfg := cicapTLS(t, srv)
 	conns := make([]*stressConn, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup

@@ -8,40 +8,50 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icapwatch/icapwatch/internal/cicap"
 	"github.com/icapwatch/icapwatch/internal/testutil"
 	"github.com/vishvananda/netns"
 )
 
 // TestFlowsByNetworkNamespace: the tracepoints see the sockets of every
 // network namespace; the agent's TC programs only the traffic of its own
-// interfaces. Two namespaces of the test's reuse the agent's loopback
-// addresses and port: in one, a connection with the very addresses and
-// ports of one of the host's; in the other, connections the agent cannot
-// see at all. The host's connection must stay the agent's, followed to its
-// one close, and the others must leave nothing behind.
+// interfaces. The host runs a real ICAP server, c-icap, on loopback; two
+// namespaces of the test's reuse its address and port: in one, a
+// connection with the very addresses and ports of one of the host's; in
+// the other, connections the agent cannot see at all. The host's
+// connection must stay the agent's, followed to its one close, and the
+// others must leave nothing behind.
 func TestFlowsByNetworkNamespace(t *testing.T) {
 	testutil.RequireRoot(t)
 	pair := testutil.NewVethPair(t) // two namespaces, used here for their own lo
 	nsA, nsB := pair.Client, pair.Server
-	host, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { host.Close() })
-	server := netip.MustParseAddrPort(host.Addr().String())
+	srv := cicap.StartTest(t, cicap.Config{Workers: 4, KeepAlive: 30 * time.Second, Timeout: time.Second})
+	server := netip.MustParseAddrPort(srv.Addr())
 	lnA, lnB := listenAt(t, nsA, server.String()), listenAt(t, nsB, server.String())
 
 	_, base := runDaemon(t, loopbackAgent(int(server.Port())))
 	labels := map[string]string{"server": server.String(), "state": "established"}
 	established := func() float64 { return sum(scrape(t, base+"/metrics"), "icapwatch_connections", labels) }
+	tcfg := cicapTLS(t, srv)
+	dial := func() *stressConn {
+		t.Helper()
+		c, err := dialOne(srv.Addr(), tcfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.tcp.Close() })
+		return c
+	}
 
-	// The host's connection, and the same addresses and ports in A.
-	x, _ := testutil.Connect(t, host, (&net.Dialer{KeepAlive: -1}).DialContext)
-	xAddr := netip.MustParseAddrPort(x.LocalAddr().String())
+	// The host's connection, answered, and the same addresses and ports in A.
+	x := dial()
+	if err := x.options(srv.Addr()); err != nil {
+		t.Fatal(err)
+	}
 	waitCond(t, 10*time.Second, "the host's connection shown established", func() bool { return established() == 1 })
-	a, aServer := testutil.Connect(t, lnA, nsDialerFrom(nsA, xAddr))
-	if a.LocalAddr().String() != x.LocalAddr().String() {
-		t.Fatalf("A's client is %s, want the host's %s", a.LocalAddr(), x.LocalAddr())
+	a, aServer := testutil.Connect(t, lnA, nsDialerFrom(nsA, x.local))
+	if a.LocalAddr().String() != x.local.String() {
+		t.Fatalf("A's client is %s, want the host's %s", a.LocalAddr(), x.local)
 	}
 	// Two in B, left open a while.
 	b1, _ := testutil.Connect(t, lnB, testutil.NSDialer{NS: nsB}.DialContext)
@@ -54,11 +64,9 @@ func TestFlowsByNetworkNamespace(t *testing.T) {
 	// later connection's close: its events come in the kernel's order.
 	settled := func(what string) {
 		t.Helper()
-		s, sServer := testutil.Connect(t, host, (&net.Dialer{KeepAlive: -1}).DialContext)
-		sAddr := s.LocalAddr().String()
-		s.Close()
-		sServer.Close()
-		waitCond(t, 10*time.Second, what, func() bool { return len(closesOf(t, base, server, sAddr)) == 1 })
+		s := dial()
+		s.tls.Close()
+		waitCond(t, 10*time.Second, what, func() bool { return len(closesOf(t, base, server, s.local.String())) == 1 })
 	}
 	settled("a later host connection's close, after A's connection closed")
 	if n := established(); n != 1 {
@@ -74,16 +82,16 @@ func TestFlowsByNetworkNamespace(t *testing.T) {
 	// B's connections end; then the host's, which the agent still follows.
 	b1.Close()
 	b2.Close()
-	x.Close()
+	x.tls.Close()
 	waitCond(t, 10*time.Second, "the host connection's close", func() bool {
-		return len(closesOf(t, base, server, xAddr.String())) > 0
+		return len(closesOf(t, base, server, x.local.String())) > 0
 	})
 	settled("a later host connection's close, after the host's first one closed")
-	if closes := closesOf(t, base, server, xAddr.String()); len(closes) != 1 || closes[0].str("initiator") != "client" {
+	if closes := closesOf(t, base, server, x.local.String()); len(closes) != 1 || closes[0].str("initiator") != "client" {
 		t.Errorf("the host connection's closes: %v, want one, by the client", closes)
 	}
 	for _, b := range []net.Conn{b1, b2} {
-		if port := netip.MustParseAddrPort(b.LocalAddr().String()).Port(); port != xAddr.Port() {
+		if port := netip.MustParseAddrPort(b.LocalAddr().String()).Port(); port != x.local.Port() {
 			for _, e := range agentEvents(t, base, server) {
 				if netip.MustParseAddrPort(e.str("client_addr")).Port() == port {
 					t.Errorf("an event of B's connection from port %d: %v", port, e)
