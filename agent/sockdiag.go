@@ -28,15 +28,18 @@ type Socket struct {
 }
 
 // diagTracker turns successive sock_diag snapshots into observations.
-// With the kernel source it only seeds flows (a socket's first sight)
-// and reports queues: the kernel tells every state change and FIN as it
+// With the kernel source it seeds flows (a socket's first sight) and
+// reports queues: the kernel tells every state change and FIN as it
 // happens, and a poll's view of a close, stamped when the poll ran,
 // reaches the correlator before the kernel's events of that close, which
 // come up to the reader's lag later; taken first, it lost or misdated
-// closes. As the fallback source it also tells state changes, FINs and
-// sockets gone, and finds exchanges, with the resolution of the polling
-// interval: a request is open while this host sent data more recently
-// than it received any.
+// closes. It tells a socket gone only when the next poll still misses
+// it, long after the kernel's events of the close arrived: that ends
+// flows whose close the kernel's buffer lost, which would otherwise keep
+// a stall open. As the fallback source it tells state changes, FINs and
+// sockets gone at once, and finds exchanges, with the resolution of the
+// polling interval: a request is open while this host sent data more
+// recently than it received any.
 type diagTracker struct {
 	source bool // the fallback source, no kernel probes beside it
 	// known holds each socket's state by value: a hundred thousand
@@ -104,13 +107,16 @@ func (d *diagTracker) update(now time.Time, sockets []Socket, out func(observe.O
 		d.known[key] = st
 	}
 	for key, st := range d.known {
-		if st.seen != d.poll {
-			delete(d.known, key)
-			if d.source {
-				out(observe.Observation{Kind: observe.State, Source: observe.SourceSockDiag, Time: now,
-					Flow: key.flow, Dir: st.dir, OldState: st.state, NewState: observe.TCPClose})
-			}
+		if st.seen == d.poll || !d.source && st.seen == d.poll-1 {
+			continue
 		}
+		delete(d.known, key)
+		o := observe.Observation{Kind: observe.State, Source: observe.SourceSockDiag, Time: now,
+			Flow: key.flow, Dir: st.dir, OldState: st.state, NewState: observe.TCPClose}
+		if !d.source {
+			o.Flags = observe.Lost
+		}
+		out(o)
 	}
 }
 

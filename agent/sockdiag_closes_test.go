@@ -53,3 +53,37 @@ func TestDiagSeedingClosingSocketsCountsNoClose(t *testing.T) {
 		h.wantMetric("icapwatch_flow_evictions_open_exchange_total", 0, nil)
 	}
 }
+
+// Beside the kernel probes, a connection whose close the kernel's buffer
+// lost would keep its stall open for ever. sock_diag ends it when a
+// second poll in a row misses its socket (the first may come before the
+// kernel's events of a close that did arrive): the stall ends as
+// evicted, the agent having lost how, and no close is counted. A socket
+// that one dump missed and the next finds again is not taken for gone.
+func TestDiagEndsFlowsWhoseKernelCloseWasLost(t *testing.T) {
+	h := newHarness(t)
+	d := newDiagTracker(false)
+	sock := []Socket{{Flow: flowA, ClientEnd: true, State: observe.TCPEstablished, PID: 77, Comm: "scanapp"}}
+	poll := func(s float64, socks []Socket) {
+		h.now = at(s)
+		d.update(h.now, socks, h.c.Observe)
+		h.c.Sweep(h.now)
+	}
+	h.observe(observe.Observation{Kind: observe.State, Source: observe.SourceKernel, Time: at(0), Flow: flowA,
+		Dir: observe.ToServer, OldState: observe.TCPSynSent, NewState: observe.TCPEstablished, PID: 77, Comm: "scanapp"})
+	h.obs(observe.ExchangeStart, flowA, 1).obs(observe.Acked, flowA, 1.01)
+	poll(3, sock)
+	poll(6, nil) // a dump that missed it
+	poll(9, sock)
+	poll(12, sock)
+	h.wantKinds("stall:acked_silent")
+
+	// The kernel's events of its close are lost.
+	poll(15, nil)
+	h.wantKinds("stall:acked_silent")
+	h.wantMetric("icapwatch_connections", 1, map[string]string{"server": srvA.String(), "state": "established"})
+	poll(18, nil)
+	h.wantKinds("stall:acked_silent stall_end:acked_silent:evicted")
+	h.wantMetric("icapwatch_connections", 0, map[string]string{"server": srvA.String(), "state": "established"})
+	h.wantSeries("icapwatch_connection_closes_total", 0, nil)
+}

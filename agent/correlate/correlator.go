@@ -1118,14 +1118,17 @@ func (c *Correlator) state(f *flow, o observe.Observation, now instant) {
 		c.settle(f)
 		f.set(flagHaveState, false)
 		f.endedAt = now
+		outcome, unread := OutcomeClientClosed, OutcomeClientClosed // the socket is gone with the answer unread
+		if f.is(flagServerFIN) {
+			outcome = OutcomeServerClosed
+		}
+		if o.Flags&observe.Lost != 0 {
+			outcome, unread = OutcomeEvicted, OutcomeEvicted // the agent lost how it ended
+		}
 		if f.ex != nil {
-			outcome := OutcomeClientClosed
-			if f.is(flagServerFIN) {
-				outcome = OutcomeServerClosed
-			}
 			c.finish(f, now, outcome)
 		}
-		c.endUnread(f, now, OutcomeClientClosed) // the socket is gone with the answer unread
+		c.endUnread(f, now, unread)
 		if !f.is(flagClosed) {
 			f.set(flagClosed, true)
 			f.srv.open--

@@ -99,6 +99,9 @@ const (
 	SYN                            // the retransmitted segment is a SYN
 	TLS13                          // the flow negotiated TLS 1.3
 	Plain                          // the flow is not TLS
+	// Lost: a socket sock_diag no longer finds, beside kernel probes that
+	// never told its close (their events were lost): how it ended is unknown.
+	Lost
 )
 
 // Source says where observations come from; the agent reports it.
