@@ -2,11 +2,14 @@ package bpf
 
 import (
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/icapwatch/icapwatch/internal/testutil"
 )
 
 // The RHEL 8 gate: the committed baseline object must load on upstream
@@ -14,6 +17,9 @@ import (
 const (
 	maxHelper4_18 = 80   // BPF_FUNC_get_stack_kern... up to 80 exist in 4.18's uapi bpf.h
 	maxInsns4_18  = 4096 // BPF_MAXINSNS
+	// BPF_COMPLEXITY_LIMIT_INSNS: the instructions 4.18's verifier walks
+	// through all paths of a program before it gives up.
+	maxWalk4_18 = 131072
 )
 
 var baselineMaps = map[ebpf.MapType]bool{
@@ -93,6 +99,46 @@ func TestBaselineObjectLoadsOn4_18(t *testing.T) {
 		specs.IcapwatchState, specs.IcapwatchRetransmit} {
 		if optionalProgram(p) {
 			t.Errorf("baseline program %s is optional", p.Name)
+		}
+	}
+}
+
+// TestVerifierWalkLeavesRoomFor4_18 loads the baseline object through
+// this kernel's verifier and reads how many instructions it walked for
+// each program. 4.18's verifier prunes fewer paths than this one, so a
+// program must stay well under its limit here: a quarter of it. The
+// bound is a tripwire for a change that multiplies the paths (a branch
+// on every packet byte, an unpruned lookup), which the instruction count
+// alone does not show.
+func TestVerifierWalkLeavesRoomFor4_18(t *testing.T) {
+	testutil.RequireRoot(t)
+	spec, _, err := loadSpec(OutputPerf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		if m.MaxEntries > 1024 && m.Type != ebpf.PerfEventArray {
+			m.MaxEntries = 1024 // the programs' paths do not depend on it
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	walked := regexp.MustCompile(`processed (\d+) insns`)
+	for name, p := range coll.Programs {
+		m := walked.FindStringSubmatch(p.VerifierLog)
+		if m == nil {
+			t.Errorf("program %s: no instruction count in the verifier's log:\n%s", name, p.VerifierLog)
+			continue
+		}
+		n, _ := strconv.Atoi(m[1])
+		t.Logf("program %s: the verifier walked %d instructions", name, n)
+		if n > maxWalk4_18/4 {
+			t.Errorf("program %s: the verifier walked %d instructions, more than a quarter of 4.18's %d",
+				name, n, maxWalk4_18)
 		}
 	}
 }
