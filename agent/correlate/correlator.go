@@ -1298,7 +1298,11 @@ func (c *Correlator) Advance(t time.Time) {
 		}
 		c.sweep(at)
 		if !at.Before(c.nextTick) {
-			c.nextTick = c.nextTick.Add(c.cfg.SweepInterval)
+			next := c.nextTick.Add(c.cfg.SweepInterval)
+			if next == c.nextTick {
+				return // held at the last instant (a capture's absurd time): no later sweep
+			}
+			c.nextTick = next
 		}
 	}
 }

@@ -76,3 +76,17 @@ func TestFlowSize(t *testing.T) {
 		t.Errorf("a flow is %d bytes, over the 256-byte size class", n)
 	}
 }
+
+// TestAdvanceToTheEndOfTime: a capture's packet dated past 2262 is held
+// at the last instant, where the next sweep is the same instant; Advance
+// must still return (it looped for ever: a hang of analyze on a capture
+// the fuzzer wrote), and the open exchange stalls once.
+func TestAdvanceToTheEndOfTime(t *testing.T) {
+	h := newHarness(t, nil)
+	h.obs(observe.ExchangeStart, flowA, 0)
+	h.c.Advance(at(1))
+	far := time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)
+	h.c.Advance(far)
+	h.c.Advance(far)
+	h.wantKinds("stall:unacked")
+}
