@@ -447,7 +447,7 @@ func (d *Daemon) openSource() (*bpf.Probe, *SockDiag, error) {
 		cfg := bpf.DefaultConfig()
 		cfg.Ports, cfg.Interfaces, cfg.Logger = d.cfg.Ports, d.cfg.Interfaces, d.log.Named("bpf")
 		cfg.TC, cfg.MaxFlows = d.cfg.TCMode, kernelFlows(d.cfg.Correlator.MaxFlows)
-		cfg.Output = d.cfg.KernelEvents
+		cfg.Output, cfg.Proc = d.cfg.KernelEvents, d.cfg.Proc
 		p, err := bpf.Open(cfg)
 		switch {
 		case err == nil:

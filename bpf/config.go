@@ -38,6 +38,9 @@ type Config struct {
 	Output  string // auto, perf or ringbuf
 	Kprobes string // auto or off
 	Logger  hclog.Logger
+	// Proc is the host's /proc, where the namespaces behind the watched
+	// interfaces (pods' veths) are found.
+	Proc string
 
 	// attachLoopbackIngress also puts the ingress program on loopback,
 	// which the agent leaves out (egress sees every loopback packet), so
@@ -56,6 +59,7 @@ func DefaultConfig() Config {
 		TC:           ModeAuto,
 		Output:       ModeAuto,
 		Kprobes:      ModeAuto,
+		Proc:         "/proc",
 	}
 }
 
@@ -139,9 +143,9 @@ type Stats struct {
 	EventsLate   uint64 // returned after a later event (perf buffer, see EventReader.Read); not lost
 	Tracepoint   uint64
 	Kprobe       uint64
-	// OtherNetns: socket events left out as another network namespace's
-	// flow, which TC does not see, or which another namespace's socket
-	// with the same addresses holds.
+	// OtherNetns: socket events of another network namespace left out:
+	// of a flow TC does not see, or whose traffic did not come from that
+	// namespace through a watched interface.
 	OtherNetns uint64
 	Flows      int // entries in the flow table now
 	// FlowEvictions estimates the LRU's silent evictions: flows created

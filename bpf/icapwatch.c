@@ -97,7 +97,6 @@ struct flow {
 	__u32 pend_end[2];
 	__u32 ex_seq;
 	__u32 ex_bytes;
-	__u32 ns[2];       /* by direction: the namespace of the socket that sends it */
 	__u8 ex;
 	__u8 phase;
 	__u8 acked;
@@ -137,6 +136,19 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+/*
+ * By ifindex, the network namespace at the other end of a watched
+ * interface that has one there (a veth whose peer is a pod's): the
+ * namespace whose sockets send what comes in through it. The loader
+ * keeps it as interfaces come, go and move.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} peer_ns SEC(".maps");
 
 /*
  * The task that connected, by socket: at SYN_SENT the local port is not
@@ -861,53 +873,45 @@ static __always_inline void event_key(const struct event *ev, struct flow_key *k
 	key->family = ev->family;
 }
 
-/* A flow on loopback: 127.0.0.0/8, or ::1 (both ends are then ::1). */
-static __always_inline int loopback(const struct event *ev)
-{
-	const __u8 *a = ev->server;
-
-	if (ev->family == AF_INET)
-		return a[0] == 127 || ev->client[0] == 127;
-	return !(a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] | a[10] |
-		 a[11] | a[12] | a[13] | a[14]) && a[15] == 1;
-}
-
 /*
  * Whether an event of socket sk (its tuple and dir filled) is of a flow the
- * TC programs see, and is that flow's. The tracepoints and kprobes see the
- * sockets of every network namespace; the TC programs only the traffic on
- * the interfaces of theirs. A socket of another namespace is followed only
- * when TC has its flow (a pod's traffic crossing a watched veth), never on
- * loopback, which stays in its namespace. Each end of a flow belongs to the
- * first namespace whose socket spoke for it, so that two namespaces using
- * the same addresses (127.0.0.1 in two pods) are never mixed. Without the
- * offsets (no BTF) every socket counts, as the tuple alone says.
+ * TC programs see. The tracepoints and kprobes see the sockets of every
+ * network namespace; the TC programs only the traffic on the interfaces
+ * of theirs. A socket of this namespace always counts. A socket of another
+ * counts only when TC has its flow and what the socket sends came into
+ * this namespace through an interface whose other end is in the socket's
+ * namespace: the first hook that saw that direction, f->own[dir], is the
+ * ingress of a pod's veth, and the pod's namespace is behind it. Neither a
+ * namespace that uses the same addresses on its own loopback (127.0.0.1
+ * in two pods) nor one that copies a watched connection's addresses and
+ * ports can speak for a flow it does not carry. Without the offsets (no
+ * BTF) every socket counts, as the tuple alone says.
  */
 static __always_inline int netns_flow(const struct config *cfg, __u64 sk, const struct event *ev)
 {
 	struct flow_key key = {};
 	struct flow *f;
 	__u64 net = 0;
-	__u32 ns = 0, *owner;
+	__u32 ns = 0, own, ifindex, *peer;
 
 	if (cfg->sk_net == OFF_NONE || cfg->net_inum == OFF_NONE || !sk)
 		return 1;
 	read_field(&net, 8, (void *)sk, cfg->sk_net);
 	if (net)
 		read_field(&ns, 4, (void *)net, cfg->net_inum);
-	if (!ns)
+	if (!ns || ns == cfg->netns)
 		return 1;
 	event_key(ev, &key);
 	f = bpf_map_lookup_elem(&flows, &key);
-	if (ns != cfg->netns && (!f || loopback(ev)))
-		goto other;
 	if (!f)
-		return 1;
-	owner = &f->ns[ev->dir & 1];
-	if (*owner && *owner != ns)
 		goto other;
-	*owner = ns;
-	return 1;
+	own = f->own[ev->dir & 1];
+	if (!own || ((own - 1) & 1) != HOOK_INGRESS)
+		goto other;
+	ifindex = (own - 1) >> 1;
+	peer = bpf_map_lookup_elem(&peer_ns, &ifindex);
+	if (peer && *peer == ns)
+		return 1;
 other:
 	count(CNT_OTHER_NETNS);
 	return 0;

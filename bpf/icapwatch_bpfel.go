@@ -145,7 +145,6 @@ type icapwatchFlow struct {
 	PendEnd      [2]uint32
 	ExSeq        uint32
 	ExBytes      uint32
-	Ns           [2]uint32
 	Ex           uint8
 	Phase        uint8
 	Acked        uint8
@@ -226,6 +225,7 @@ const (
 	icapwatchMapExportedTypes         = "exported_types"
 	icapwatchMapFlows                 = "flows"
 	icapwatchMapOwners                = "owners"
+	icapwatchMapPeerNs                = "peer_ns"
 	icapwatchMapPorts                 = "ports"
 	icapwatchMapScratch               = "scratch"
 	icapwatchMapSockets               = "sockets"
@@ -299,6 +299,7 @@ type icapwatchMapSpecs struct {
 	ExportedTypes *ebpf.MapSpec `ebpf:"exported_types"`
 	Flows         *ebpf.MapSpec `ebpf:"flows"`
 	Owners        *ebpf.MapSpec `ebpf:"owners"`
+	PeerNs        *ebpf.MapSpec `ebpf:"peer_ns"`
 	Ports         *ebpf.MapSpec `ebpf:"ports"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
 	Sockets       *ebpf.MapSpec `ebpf:"sockets"`
@@ -336,6 +337,7 @@ type icapwatchMaps struct {
 	ExportedTypes *ebpf.Map `ebpf:"exported_types"`
 	Flows         *ebpf.Map `ebpf:"flows"`
 	Owners        *ebpf.Map `ebpf:"owners"`
+	PeerNs        *ebpf.Map `ebpf:"peer_ns"`
 	Ports         *ebpf.Map `ebpf:"ports"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
 	Sockets       *ebpf.Map `ebpf:"sockets"`
@@ -349,6 +351,7 @@ func (m *icapwatchMaps) Close() error {
 		m.ExportedTypes,
 		m.Flows,
 		m.Owners,
+		m.PeerNs,
 		m.Ports,
 		m.Scratch,
 		m.Sockets,

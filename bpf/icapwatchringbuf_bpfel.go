@@ -22,6 +22,7 @@ const (
 	icapwatchRingbufMapExportedTypes         = "exported_types"
 	icapwatchRingbufMapFlows                 = "flows"
 	icapwatchRingbufMapOwners                = "owners"
+	icapwatchRingbufMapPeerNs                = "peer_ns"
 	icapwatchRingbufMapPorts                 = "ports"
 	icapwatchRingbufMapScratch               = "scratch"
 	icapwatchRingbufMapSockets               = "sockets"
@@ -95,6 +96,7 @@ type icapwatchRingbufMapSpecs struct {
 	ExportedTypes *ebpf.MapSpec `ebpf:"exported_types"`
 	Flows         *ebpf.MapSpec `ebpf:"flows"`
 	Owners        *ebpf.MapSpec `ebpf:"owners"`
+	PeerNs        *ebpf.MapSpec `ebpf:"peer_ns"`
 	Ports         *ebpf.MapSpec `ebpf:"ports"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
 	Sockets       *ebpf.MapSpec `ebpf:"sockets"`
@@ -132,6 +134,7 @@ type icapwatchRingbufMaps struct {
 	ExportedTypes *ebpf.Map `ebpf:"exported_types"`
 	Flows         *ebpf.Map `ebpf:"flows"`
 	Owners        *ebpf.Map `ebpf:"owners"`
+	PeerNs        *ebpf.Map `ebpf:"peer_ns"`
 	Ports         *ebpf.Map `ebpf:"ports"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
 	Sockets       *ebpf.Map `ebpf:"sockets"`
@@ -145,6 +148,7 @@ func (m *icapwatchRingbufMaps) Close() error {
 		m.ExportedTypes,
 		m.Flows,
 		m.Owners,
+		m.PeerNs,
 		m.Ports,
 		m.Scratch,
 		m.Sockets,

@@ -59,7 +59,7 @@ func Open(cfg Config) (p *Probe, err error) {
 
 func (p *Probe) attach(cfg Config) error {
 	defer p.doneWithTracefs() // the tracepoints and kprobes need it to attach, and no longer
-	tc, err := newTCAttacher(cfg, p.objs.IcapwatchIngress, p.objs.IcapwatchEgress, p.log.Named("tc"))
+	tc, err := newTCAttacher(cfg, p.objs.IcapwatchIngress, p.objs.IcapwatchEgress, p.objs.PeerNs, p.log.Named("tc"))
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ type tcIface struct {
 	filters    []*netlink.BpfFilter
 	qdiscAdded bool
 	egressOnly bool // loopback: egress sees every packet
+	nsid       int  // the namespace at its other end, as last recorded (-1: none)
 }
 
 // tcAttacher keeps the classifier on the chosen interfaces, including
@@ -46,6 +47,7 @@ type tcIface struct {
 type tcAttacher struct {
 	log             hclog.Logger
 	ingress, egress *ebpf.Program
+	peers           *peerNamespaces
 	explicit        map[string]bool // nil: every interface that is up
 	loopbackIngress bool
 
@@ -65,8 +67,12 @@ type tcAttacher struct {
 	wg   sync.WaitGroup
 }
 
-func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, log hclog.Logger) (*tcAttacher, error) {
-	a := &tcAttacher{log: log, ingress: ingress, egress: egress, lock: -1,
+func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, peerNS *ebpf.Map, log hclog.Logger) (*tcAttacher, error) {
+	peers, err := newPeerNamespaces(peerNS, cfg.Proc, log)
+	if err != nil {
+		return nil, err
+	}
+	a := &tcAttacher{log: log, ingress: ingress, egress: egress, peers: peers, lock: -1,
 		ifaces: map[int]*tcIface{}, errs: map[string]string{}, done: make(chan struct{})}
 	if cfg.TC != ModeAuto {
 		a.mode = cfg.TC
@@ -80,14 +86,15 @@ func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, log hclog.Logger) 
 	}
 	// TCX links need no lock, but the mode is known only after the first
 	// attach, and the lock costs a socket.
-	var err error
 	if a.handle, a.lock, err = takeInstanceLock(); err != nil {
+		peers.close()
 		return nil, err
 	}
 	log.Debug("took TC instance lock", "handle", a.handle)
 	links, err := netlink.LinkList()
 	if err != nil {
 		a.releaseLock()
+		peers.close()
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
 	removeStaleFilters(links, a.handle, log)
@@ -104,6 +111,7 @@ func newTCAttacher(cfg Config, ingress, egress *ebpf.Program, log hclog.Logger) 
 		},
 	}); err != nil {
 		a.releaseLock()
+		peers.close()
 		return nil, fmt.Errorf("subscribe to interface updates: %w", err)
 	}
 	a.wg.Add(1)
@@ -199,7 +207,11 @@ func (a *tcAttacher) follow(updates <-chan netlink.LinkUpdate) {
 				continue
 			}
 			a.mu.Lock()
-			_, have := a.ifaces[idx]
+			iface, have := a.ifaces[idx]
+			if have {
+				// Its other end may have moved to another namespace.
+				iface.nsid = a.peers.set(u.Attrs(), iface.nsid)
+			}
 			a.mu.Unlock()
 			if have {
 				continue
@@ -234,7 +246,7 @@ func (a *tcAttacher) attach(l netlink.Link) error {
 	}
 	// Flags are net.Flags, not IFF_ bits (IFF_LOOPBACK is FlagPointToPoint's bit).
 	loopback := attrs.Flags&net.FlagLoopback != 0 && !a.loopbackIngress
-	iface := &tcIface{name: attrs.Name, egressOnly: loopback}
+	iface := &tcIface{name: attrs.Name, egressOnly: loopback, nsid: -1}
 	var err error
 	if a.mode == "" || a.mode == TCModeTCX {
 		err = a.attachTCX(iface, attrs.Index, loopback)
@@ -255,6 +267,7 @@ func (a *tcAttacher) attach(l netlink.Link) error {
 		return fmt.Errorf("attach tc on %s: %w", attrs.Name, err)
 	}
 	delete(a.errs, attrs.Name)
+	iface.nsid = a.peers.set(attrs, iface.nsid)
 	a.ifaces[attrs.Index] = iface
 	return nil
 }
@@ -505,6 +518,7 @@ func (a *tcAttacher) forget(index int) {
 	delete(a.ifaces, index)
 	a.mu.Unlock()
 	if ok {
+		a.peers.forget(uint32(index))
 		detach(iface, a.log)
 		a.log.Info("interface went away", "interface", iface.name)
 	}
@@ -564,5 +578,6 @@ func (a *tcAttacher) close() error {
 	// Only now: with the lock free, a starting instance takes what is
 	// left as stale.
 	a.releaseLock()
+	a.peers.close()
 	return errors.Join(errs...)
 }

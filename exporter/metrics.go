@@ -153,7 +153,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		KernelFlowEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: name("kernel_flow_evictions_total"),
 			Help: "Flows the kernel's flow table (max-flows entries) dropped to make room, estimated from its counters."}),
 		KernelOtherNetns: prometheus.NewCounter(prometheus.CounterOpts{Name: name("kernel_other_netns_events_total"),
-			Help: "Socket events (TCP states, retransmits, reads and writes) left out as another network namespace's: of a flow the TC programs do not see (loopback there, or traffic on no watched interface), or of a flow that a socket of another namespace with the same addresses holds."}),
+			Help: "Socket events (TCP states, retransmits, reads and writes) left out as another network namespace's: of a flow the TC programs do not see (loopback there, or traffic on no watched interface), or of a flow whose traffic did not come from that namespace through a watched interface."}),
 		HookAttached: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("kernel_hook_attached"),
 			Help: "1 when the kernel hook is attached."}, []string{"hook"}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("build_info"),
