@@ -1,10 +1,9 @@
 package bpf
 
 import (
-	"errors"
+	"fmt"
 	"io"
 	"net"
-	"os"
 	"testing"
 	"time"
 
@@ -66,14 +65,7 @@ func TestResetProvesCloseNotifyOnLoopback(t *testing.T) {
 			var alert *Event
 			deadline := time.Now().Add(10 * time.Second)
 			for {
-				p.SetDeadline(deadline)
-				ev, err := p.Read()
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					t.Fatalf("no reset from the server within 10s (alert %v)", alert)
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
+				ev := readBy(t, p, deadline, fmt.Sprintf("reset from the server (alert %v)", alert))
 				if ev.Client.Port() != local.Port() || ev.Dir != dirToClient {
 					continue
 				}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -216,6 +217,21 @@ func TestPermissionErrorsNameCapabilities(t *testing.T) {
 	if err := needs(unix.ENODEV, "CAP_NET_ADMIN"); strings.Contains(err.Error(), "needs") {
 		t.Errorf("%v: not a permission error", err)
 	}
+}
+
+// readBy reads the probe's next event, and fails the test when none comes
+// by deadline, saying what was awaited.
+func readBy(t *testing.T, p *Probe, deadline time.Time, what string) Event {
+	t.Helper()
+	p.SetDeadline(deadline)
+	ev, err := p.Read()
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("no %s by the deadline", what)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
 }
 
 // openOnLoopback opens a probe without kprobes on the loopback of the

@@ -1,11 +1,9 @@
 package bpf
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strconv"
 	"testing"
@@ -62,14 +60,7 @@ func TestProbeLeavesOtherNamespacesOut(t *testing.T) {
 
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		p.SetDeadline(deadline)
-		ev, err := p.Read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatal("the namespace's connection did not reach CLOSE within 10s")
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		ev := readBy(t, p, deadline, "CLOSE of the namespace's connection")
 		if ev.Client.Port() == hostPort {
 			t.Errorf("an event of the host's connection: %+v", ev)
 		}
@@ -143,18 +134,7 @@ func TestProbeIgnoresCopiedConnection(t *testing.T) {
 		testutil.SkipOrFail(t, "this kernel's BTF does not give a socket's network namespace")
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	next := func(what string) Event {
-		t.Helper()
-		p.SetDeadline(deadline)
-		ev, err := p.Read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("no %s within 10s", what)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ev
-	}
+	next := func(what string) Event { t.Helper(); return readBy(t, p, deadline, what) }
 
 	// A request: TC has the flow from its first segment.
 	if _, err := cli.Write([]byte("REQMOD icap://scan/ ICAP/1.0\r\n\r\n")); err != nil {

@@ -75,14 +75,7 @@ func TestFailedWriteAfterServerReset(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			p.SetDeadline(deadline)
-			ev, err := p.Read()
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Fatalf("no %s within 10s", what)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			ev := readBy(t, p, deadline, what)
 			if ev.Client.Port() != local.Port() {
 				continue
 			}
