@@ -45,7 +45,9 @@ func newPeerNamespaces(m *ebpf.Map, proc string, log hclog.Logger) (*peerNamespa
 
 // set records the namespace at the other end of the interface, or that it
 // has none there; nsid is the interface's as it was last recorded, and the
-// return value is the one to keep.
+// return value is the one to keep. A namespace not found yet (its pod's
+// first process may come after the veth) is looked for again at the
+// interface's next update.
 func (p *peerNamespaces) set(attrs *netlink.LinkAttrs, nsid int) int {
 	if attrs.NetNsID == nsid {
 		return nsid
@@ -60,11 +62,11 @@ func (p *peerNamespaces) set(attrs *netlink.LinkAttrs, nsid int) int {
 		p.forget(index)
 		p.log.Info("sockets behind the interface are not followed, only its traffic",
 			"interface", attrs.Name, "netnsid", attrs.NetNsID, "reason", err)
-		return attrs.NetNsID
+		return -1
 	}
 	if err := p.m.Put(index, inode); err != nil {
 		p.log.Warn("record the namespace behind an interface", "interface", attrs.Name, "error", err)
-		return nsid
+		return -1
 	}
 	p.log.Debug("namespace behind interface", "interface", attrs.Name, "netnsid", attrs.NetNsID, "inode", inode)
 	return attrs.NetNsID
