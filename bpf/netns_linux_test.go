@@ -68,13 +68,7 @@ func TestProbeLeavesOtherNamespacesOut(t *testing.T) {
 			break
 		}
 	}
-	st, err := p.Stats(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.OtherNetns == 0 {
-		t.Error("no socket event counted as another namespace's")
-	}
+	wantOtherNetns(t, p)
 }
 
 // TestProbeIgnoresCopiedConnection: a namespace of its own (any user
@@ -176,13 +170,7 @@ func TestProbeIgnoresCopiedConnection(t *testing.T) {
 			t.Errorf("a state event of the copied connection: %+v", ev)
 		}
 	}
-	st, err := p.Stats(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.OtherNetns == 0 {
-		t.Error("no socket event counted as another namespace's")
-	}
+	wantOtherNetns(t, p)
 }
 
 // TestPeerNamespaceFromProc: the namespace behind a veth is found from
@@ -232,5 +220,18 @@ func TestPeerNamespaceFromProc(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// wantOtherNetns fails the test when the probe counted no socket event as
+// another namespace's.
+func wantOtherNetns(t *testing.T, p *Probe) {
+	t.Helper()
+	st, err := p.Stats(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.OtherNetns == 0 {
+		t.Error("no socket event counted as another namespace's")
 	}
 }
